@@ -1,1 +1,21 @@
-//! placeholder
+//! blindkd engine: exact similarity search over a masked k-d tree index.
+//!
+//! The engine holds the cryptography ([`crypto`]), the fixed-point [`encoding`], the kd-PB
+//! [`tree`], the [`index`] file format, the query [`protocol`] state machines and the access
+//! [`token`] format. It does no network I/O.
+//!
+//! Everything that holds a secret key (data owner and doctor) sits behind the `client` feature.
+//! The query server is built without it, so a server binary cannot even name a secret key type.
+#![forbid(unsafe_code)]
+
+pub mod crypto;
+pub mod encoding;
+mod error;
+pub mod index;
+pub mod protocol;
+pub mod token;
+pub mod tree;
+#[cfg(feature = "client")]
+pub mod owner;
+
+pub use error::{Error, Result};

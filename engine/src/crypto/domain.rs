@@ -1,0 +1,18 @@
+//! Domain-separation strings, all in one place. Changing any of them changes every derived key.
+
+/// Mask PRF key for leaf rows of one class and index.
+pub const MASK_LEAF: &str = "blindkd 2026-11 mlhe mask leaf";
+/// Mask PRF key for pivot rows of one class and index.
+pub const MASK_PIVOT: &str = "blindkd 2026-11 mlhe mask pivot";
+/// AEAD key sealing the radius bounds of one class's tree.
+pub const RADIUS_AEAD: &str = "blindkd 2026-11 radius bounds aead";
+/// AEAD key sealing the payloads of one class.
+pub const PAYLOAD_AEAD: &str = "blindkd 2026-11 payload aead";
+/// Seed of the paper-she key of one index.
+pub const SHE_KEY: &str = "blindkd 2026-11 paper-she key seed";
+/// Per-class key from the owner master secret.
+pub const CLASS_KEY: &str = "blindkd 2026-11 class key";
+/// Enrollment bundle sealing (X25519 shared secret → AEAD key).
+pub const BUNDLE_SEAL: &str = "blindkd 2026-11 bundle seal";
+/// Proof-of-possession signature context.
+pub const POP_CONTEXT: &[u8] = b"blindkd 2026-11 session pop v1";

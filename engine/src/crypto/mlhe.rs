@@ -1,0 +1,1 @@
+//! mlhe (DESIGN §3.1). Being written.

@@ -1,0 +1,186 @@
+//! The three schemes behind one pair of traits (DESIGN §3).
+//!
+//! * [`Scheme`] is the server's, keyless side: prepare a stored block, decode a client query,
+//!   evaluate the query on a block. Nothing in it can take a secret key.
+//! * [`ClientScheme`] (feature `client`) is the key-holding side: seal blocks (data owner), seal a
+//!   query and open a reply (doctor).
+//!
+//! Every scheme evaluates the same linear functional: for an augmented row `a = (w∘x̃, ‖x̃‖²_w)` and
+//! a query `w = (−2q̃, 1)`, the server computes `⟨a, w⟩` blindly and the client adds `‖q̃‖²_w` to get
+//! the exact squared distance. See [`crate::encoding::QueryPlan`].
+
+pub mod domain;
+pub mod mlhe;
+pub mod plain;
+#[cfg(feature = "paper-she")]
+pub mod she;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::Result;
+
+/// Which scheme an index uses. Stored in the index header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SchemeId {
+    /// No encryption: the oracle and the benchmark floor.
+    Plain,
+    /// Masked index + BFV linear evaluation (the default, DESIGN §3.1).
+    Mlhe,
+    /// The published SHE scheme. Broken; comparison only (DESIGN §3.2).
+    PaperShe,
+}
+
+impl SchemeId {
+    /// The CLI / wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchemeId::Plain => "plain",
+            SchemeId::Mlhe => "mlhe",
+            SchemeId::PaperShe => "paper-she",
+        }
+    }
+}
+
+impl std::fmt::Display for SchemeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which family a sealed row belongs to; part of the mask PRF's domain separation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RowDomain {
+    /// A data record in a leaf block.
+    Leaf,
+    /// A tree pivot in a pivot block.
+    Pivot,
+}
+
+/// Identifies one sealed row: its domain and a per-index unique id (the slot number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RowRef {
+    /// Leaf record or pivot.
+    pub domain: RowDomain,
+    /// Unique id within the domain and index.
+    pub id: u64,
+}
+
+/// The server's keyless view of a scheme.
+pub trait Scheme: Send + Sync + 'static {
+    /// The scheme's id.
+    const ID: SchemeId;
+    /// One block as sealed by the data owner and stored in the index file.
+    type Block: Serialize + DeserializeOwned + Clone + Send + Sync + std::fmt::Debug;
+    /// The server's evaluable form of a block (for mlhe: NTT-precomputed plaintext polynomials).
+    type Prepared: Send + Sync;
+    /// A client query as the server holds it while the query lives.
+    type Query: Send + Sync;
+
+    /// Most rows one block can hold.
+    fn block_capacity(&self) -> usize;
+    /// The scheme opens values `v` with `|v| < exact_bound()` exactly; the encoding must keep every
+    /// squared distance below it (see [`crate::encoding::Schema::check_overflow`]).
+    fn exact_bound(&self) -> u128;
+    /// Number of rows in a stored block.
+    fn block_rows(&self, block: &Self::Block) -> usize;
+    /// Validates a stored block against the index dimension and prepares it for evaluation.
+    fn prepare(&self, block: &Self::Block, dim: usize) -> Result<Self::Prepared>;
+    /// Decodes (and bounds) a client's query bytes for an index of dimension `dim`.
+    fn decode_query(&self, bytes: &[u8], dim: usize) -> Result<Self::Query>;
+    /// Evaluates `⟨a_j, w⟩` for every row of `block` and returns the reply bytes for the client.
+    fn evaluate(&self, query: &Self::Query, block: &Self::Prepared) -> Result<Vec<u8>>;
+}
+
+/// The key-holding side of a scheme: the data owner seals, the doctor queries and opens.
+#[cfg(feature = "client")]
+pub trait ClientScheme: Scheme {
+    /// Per-class key material derived from a [`ClassKey`] (mlhe: the mask PRF key).
+    type Key: Send + Sync;
+    /// Per-session client secrets (mlhe: a fresh BFV secret key).
+    type Session: Send + Sync;
+
+    /// Derives the key material of one class for one index.
+    fn derive_key(&self, class_key: &ClassKey, index_id: &[u8; 16]) -> Result<Self::Key>;
+    /// Seals augmented rows into one block. `rows.len() ≤ block_capacity()`.
+    fn seal_block(&self, key: &Self::Key, rows: &[(RowRef, Vec<i64>)]) -> Result<Self::Block>;
+    /// Starts a session with fresh secrets.
+    fn new_session(&self) -> Result<Self::Session>;
+    /// Public session material the server needs (mlhe: the session public key), as bytes.
+    fn session_public(&self, session: &Self::Session) -> Result<Vec<u8>>;
+    /// Seals the query functional `w` (length `dim + 1`).
+    fn seal_query(&self, session: &Self::Session, w: &[i64]) -> Result<Vec<u8>>;
+    /// Opens a reply for the given rows (in block order) into exact squared distances
+    /// `⟨a_j, w⟩ + q_norm`.
+    fn open(
+        &self,
+        key: &Self::Key,
+        session: &Self::Session,
+        reply: &[u8],
+        plan: &crate::encoding::QueryPlan,
+        rows: &[RowRef],
+    ) -> Result<Vec<u128>>;
+}
+
+/// Server-side: the session public material plus the sealed query, decoded together.
+/// For schemes whose server evaluation needs the session public key (mlhe), `decode_query` receives
+/// both concatenated by [`frame_query`].
+pub fn frame_query(session_public: &[u8], sealed_query: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + session_public.len() + sealed_query.len());
+    out.extend_from_slice(&(session_public.len() as u64).to_le_bytes());
+    out.extend_from_slice(session_public);
+    out.extend_from_slice(sealed_query);
+    out
+}
+
+/// Splits what [`frame_query`] joined.
+pub fn unframe_query(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
+    let bad = |d: &str| crate::Error::malformed("query frame", d);
+    let len_bytes: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("shorter than its 8-byte header"))?;
+    let len = u64::from_le_bytes(len_bytes);
+    let rest = &bytes[8..];
+    if len > rest.len() as u64 {
+        return Err(bad("session key length exceeds the message"));
+    }
+    Ok(rest.split_at(len as usize))
+}
+
+/// A 32-byte per-class secret from which each scheme derives its key material.
+/// Zeroized on drop, never printed, not `Serialize`.
+#[cfg(feature = "client")]
+#[derive(zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct ClassKey([u8; 32]);
+
+#[cfg(feature = "client")]
+impl ClassKey {
+    /// Wraps raw key bytes.
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        ClassKey(b)
+    }
+    /// A fresh random key from the OS CSPRNG.
+    pub fn random() -> Self {
+        let mut b = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
+        ClassKey(b)
+    }
+    /// The raw bytes, for the owner key file and the sealed bundle only.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+    /// Derives a 32-byte subkey for `context` (a constant from [`domain`]) and `salt`.
+    pub fn derive(&self, context: &str, salt: &[u8]) -> zeroize::Zeroizing<[u8; 32]> {
+        let mut h = blake3::Hasher::new_derive_key(context);
+        h.update(&self.0);
+        h.update(salt);
+        zeroize::Zeroizing::new(*h.finalize().as_bytes())
+    }
+}
+
+#[cfg(feature = "client")]
+impl std::fmt::Debug for ClassKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClassKey(<redacted>)")
+    }
+}

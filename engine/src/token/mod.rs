@@ -1,0 +1,1 @@
+//! Access tokens (DESIGN §5). Being written.
