@@ -12,10 +12,10 @@ pub mod crypto;
 pub mod encoding;
 mod error;
 pub mod index;
+#[cfg(feature = "client")]
+pub mod owner;
 pub mod protocol;
 pub mod token;
 pub mod tree;
-#[cfg(feature = "client")]
-pub mod owner;
 
 pub use error::{Error, Result};

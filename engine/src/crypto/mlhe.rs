@@ -1,1 +1,890 @@
-//! mlhe (DESIGN §3.1). Being written.
+//! `mlhe`: linear homomorphic evaluation over a masked index (DESIGN §3.1). The default scheme.
+//!
+//! * The data owner stores `y_j = a_j + m_j mod t`, a one-time pad of the augmented row `a_j` with a
+//!   ChaCha20 mask keyed per policy class ([`MlheKey`]).
+//! * The client encrypts the query functional `w = (−2q̃, 1)` with BFV under a fresh per-session
+//!   secret key, one constant-polynomial ciphertext per coordinate (**layout B**).
+//! * The server computes `Σᵢ ctᵢ·Yᵢ` where `Yᵢ(X) = Σⱼ y_{ji} Xʲ`, so coefficient `j` of the product is
+//!   `⟨y_j, w⟩ mod t` for every one of the N rows of a block. It then **finishes** the output:
+//!   re-randomises with the session public key, floods the noise with `±2^FLOOD_BITS` and switches
+//!   down to the first prime. Without re-randomisation a client divides out its own `c1` and reads the
+//!   masked block (see the `rerandomisation_stops_division_attack` test).
+//! * The client decrypts, subtracts `⟨m_j, w⟩`, adds `‖q̃‖²` and centres: the exact distance.
+//!
+//! Layout B rather than A: every output coefficient is a result (no garbage coefficients to
+//! randomise), and the finish step, which dominates, runs once per 8192 rows instead of once per
+//! `⌊8192/(d+1)⌋`. Measured in the prototype at ~10× less server time per row; the price is a
+//! `(d+1)`-ciphertext upload (~2 MB at d = 10) once per query.
+//!
+//! Parameters: N = 8192, three 60-bit primes (log q = 180 ≤ 218, the 128-bit HE-standard bound at
+//! N = 8192), t = 2^40. `t < q₀` is checked (fhe 0.1.1 does not and silently decrypts garbage).
+
+use std::sync::Arc;
+
+use fhe::bfv::{BfvParameters, BfvParametersBuilder, Ciphertext};
+use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
+use fhe_traits::{DeserializeParametrized, Serialize as FheSerialize};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{Scheme, SchemeId};
+use crate::{Error, Result};
+
+/// Ring degree N.
+pub const DEGREE: usize = 8192;
+/// Plaintext modulus bits: t = 2^40.
+pub const T_BITS: u32 = 40;
+/// Ciphertext prime sizes.
+pub const MODULI_BITS: [usize; 3] = [60, 60, 60];
+/// Noise flooding bound: uniform in `±2^FLOOD_BITS`. The honest product noise of layout B is about
+/// 2^50.5 (sum of d+1 products); 2^118 gives ≥ 40 statistical bits over a 10⁶-row answer and still
+/// decrypts (the budget is about 2^137). DESIGN §3.1, notes §5.1.
+pub const FLOOD_BITS: u32 = 118;
+/// Largest accepted dimension for mlhe (bounds the query upload: d+1 ciphertexts).
+pub const MAX_MLHE_DIM: usize = 64;
+/// Upper bound on one serialised query ciphertext (a fresh seeded one is ~184 KB).
+const MAX_CT_BYTES: usize = 512 * 1024;
+/// Magic of a reply.
+const REPLY_MAGIC: &[u8; 4] = b"BKR1";
+
+/// Public mlhe parameters, as stored in an index header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MlheParams {
+    /// Ring degree N.
+    pub degree: u32,
+    /// log2 t.
+    pub t_bits: u32,
+    /// Bit sizes of the ciphertext primes.
+    pub moduli_bits: [u32; 3],
+    /// Flooding bits.
+    pub flood_bits: u32,
+}
+
+impl Default for MlheParams {
+    fn default() -> Self {
+        MlheParams {
+            degree: DEGREE as u32,
+            t_bits: T_BITS,
+            moduli_bits: MODULI_BITS.map(|b| b as u32),
+            flood_bits: FLOOD_BITS,
+        }
+    }
+}
+
+/// The mlhe scheme (server view; the key-holding half is behind the `client` feature).
+#[derive(Clone)]
+pub struct Mlhe {
+    par: Arc<BfvParameters>,
+    params: MlheParams,
+    finish: Finish,
+}
+
+/// Which finish steps run. Only [`Finish::Full`] is reachable outside this crate's tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Finish {
+    Full,
+    #[cfg(test)]
+    NoRerandomise,
+    #[cfg(test)]
+    NoFlood,
+}
+
+impl std::fmt::Debug for Mlhe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mlhe")
+            .field("params", &self.params)
+            .finish()
+    }
+}
+
+impl Mlhe {
+    /// The default parameters of DESIGN §3.1.
+    pub fn new() -> Result<Self> {
+        Self::from_params(MlheParams::default())
+    }
+
+    /// Builds the scheme from stored parameters, validating every bound fhe 0.1.1 does not.
+    pub fn from_params(params: MlheParams) -> Result<Self> {
+        if params != MlheParams::default() {
+            // Only the audited parameter set is accepted: anything else needs a fresh noise and
+            // security analysis (notes §3.3, §7).
+            return Err(Error::UnsupportedVersion(format!(
+                "mlhe parameters {params:?} are not the supported set {:?}",
+                MlheParams::default()
+            )));
+        }
+        let par = BfvParametersBuilder::new()
+            .set_degree(params.degree as usize)
+            .set_plaintext_modulus(1u64 << params.t_bits)
+            .set_moduli_sizes(&params.moduli_bits.map(|b| b as usize))
+            .build_arc()
+            .map_err(|e| Error::Crypto(format!("BFV parameters: {e}")))?;
+        let q0 = par.moduli()[0];
+        if (1u64 << params.t_bits) >= q0 {
+            return Err(Error::Crypto(
+                "plaintext modulus must be below the first prime".into(),
+            ));
+        }
+        let log_q: u32 = params.moduli_bits.iter().sum();
+        if log_q > 218 {
+            return Err(Error::Crypto(format!(
+                "log q = {log_q} exceeds the 128-bit HE-standard bound 218 at N = 8192"
+            )));
+        }
+        if q0 < (1u64 << 55) {
+            return Err(Error::Crypto(
+                "q0 must be ≥ 2^55 to decrypt after switching".into(),
+            ));
+        }
+        Ok(Mlhe {
+            par,
+            params,
+            finish: Finish::Full,
+        })
+    }
+
+    /// The public parameters.
+    pub fn params(&self) -> MlheParams {
+        self.params
+    }
+
+    fn t(&self) -> u64 {
+        1u64 << self.params.t_bits
+    }
+
+    fn top_ctx(&self) -> Result<&Arc<Context>> {
+        self.par
+            .context_at_level(0)
+            .map_err(|e| Error::Crypto(e.to_string()))
+    }
+
+    fn last_ctx(&self) -> Result<&Arc<Context>> {
+        self.par
+            .context_at_level(self.par.max_level())
+            .map_err(|e| Error::Crypto(e.to_string()))
+    }
+
+    /// Bytes of one packed polynomial at q₀.
+    fn q0_poly_bytes(&self) -> usize {
+        DEGREE * self.params.moduli_bits[0] as usize / 8
+    }
+
+    /// Re-randomise, flood and switch down one product (c0, c1) in NTT form at the top level.
+    fn finish(&self, pk: &[Poly; 2], mut c0: Poly, mut c1: Poly) -> Result<Vec<u8>> {
+        let ctx = self.top_ctx()?;
+        let mut rng = rand::rng();
+        let cerr = |e: fhe_math::Error| Error::Crypto(e.to_string());
+        if self.finish != rerand_off() {
+            // c += Enc_pk(0) = (b·u + e1, a·u + e2); the flood below plays e1's role.
+            let u = Poly::small(ctx, Representation::Ntt, 10, &mut rng).map_err(cerr)?;
+            c0 += &(&pk[0] * &u);
+            c1 += &(&pk[1] * &u);
+        }
+        c0.change_representation(Representation::PowerBasis);
+        c1.change_representation(Representation::PowerBasis);
+        if self.finish != rerand_off() {
+            let e2 = Poly::small(ctx, Representation::PowerBasis, 10, &mut rng).map_err(cerr)?;
+            c1 += &e2;
+        }
+        if self.finish != flood_off() {
+            c0 += &self.flood_poly(ctx, &mut rng)?;
+        }
+        // Mod-switch after flooding is post-processing. `switch_down` in a loop: fhe-math's
+        // `switch_down_to` deep-compares contexts (~1.7 ms per call).
+        for _ in 0..self.par.max_level() {
+            c0.switch_down().map_err(cerr)?;
+            c1.switch_down().map_err(cerr)?;
+        }
+        let q0 = &self.last_ctx()?.moduli_operators()[0];
+        let mut out = Vec::with_capacity(8 + 2 * self.q0_poly_bytes());
+        out.extend_from_slice(REPLY_MAGIC);
+        for p in [&c0, &c1] {
+            let coeffs = p.coefficients();
+            let row = coeffs
+                .row(0)
+                .to_slice()
+                .map(<[u64]>::to_vec)
+                .unwrap_or_else(|| coeffs.row(0).to_vec());
+            out.extend_from_slice(&q0.serialize_vec(&row));
+        }
+        Ok(out)
+    }
+
+    /// A fresh uniform polynomial in `[−2^b, 2^b)` in RNS power basis.
+    fn flood_poly(&self, ctx: &Arc<Context>, rng: &mut impl rand::RngCore) -> Result<Poly> {
+        let b = self.params.flood_bits;
+        // A `1u128 << k` with k ≥ 128 silently wraps in release builds; the bound is a constant.
+        const _: () = assert!(FLOOD_BITS <= 125);
+        let ops = ctx.moduli_operators();
+        let mut v = vec![0u64; ops.len() * DEGREE];
+        let span_mask = (1u128 << (b + 1)) - 1;
+        for j in 0..DEGREE {
+            let raw = rng.random::<u128>() & span_mask;
+            let (neg, mag) = if raw >= 1u128 << b {
+                (false, raw - (1u128 << b))
+            } else {
+                (true, (1u128 << b) - raw)
+            };
+            for (i, op) in ops.iter().enumerate() {
+                let r = op.reduce_u128(mag);
+                v[i * DEGREE + j] = if neg && r != 0 { **op - r } else { r };
+            }
+        }
+        Poly::try_convert_from(v, ctx, false, Representation::PowerBasis)
+            .map_err(|e| Error::Crypto(e.to_string()))
+    }
+}
+
+#[cfg(not(test))]
+fn rerand_off() -> Finish {
+    // Unreachable sentinel outside tests: no variant equals it, so every step runs.
+    Finish::Full
+}
+#[cfg(not(test))]
+fn flood_off() -> Finish {
+    Finish::Full
+}
+#[cfg(test)]
+fn rerand_off() -> Finish {
+    Finish::NoRerandomise
+}
+#[cfg(test)]
+fn flood_off() -> Finish {
+    Finish::NoFlood
+}
+
+/// A stored block: the masked augmented rows, column-major (`cols[i][j] = y_{ji} ∈ [0, t)`).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct MlheBlock {
+    /// `d + 1` columns of equal length (the number of rows).
+    pub cols: Vec<Vec<u64>>,
+}
+
+impl std::fmt::Debug for MlheBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MlheBlock {{ cols: {}, rows: {} }}",
+            self.cols.len(),
+            self.cols.first().map_or(0, Vec::len)
+        )
+    }
+}
+
+/// A block ready for evaluation: one NTT-form plaintext polynomial per coordinate.
+pub struct MlhePrepared {
+    polys: Vec<Poly>,
+    rows: usize,
+}
+
+/// A decoded query: the session public key (an encryption of zero) and `d + 1` ciphertexts.
+pub struct MlheQuery {
+    pk: [Poly; 2],
+    cts: Vec<Ciphertext>,
+}
+
+impl Scheme for Mlhe {
+    const ID: SchemeId = SchemeId::Mlhe;
+    type Block = MlheBlock;
+    type Prepared = MlhePrepared;
+    type Query = MlheQuery;
+
+    fn block_capacity(&self) -> usize {
+        DEGREE
+    }
+
+    fn exact_bound(&self) -> u128 {
+        // Results are opened centred mod t.
+        (self.t() / 2) as u128
+    }
+
+    fn block_rows(&self, block: &MlheBlock) -> usize {
+        block.cols.first().map_or(0, Vec::len)
+    }
+
+    fn prepare(&self, block: &MlheBlock, dim: usize) -> Result<MlhePrepared> {
+        let bad = |d: &str| Error::malformed("mlhe block", d);
+        if block.cols.len() != dim + 1 {
+            return Err(bad("column count is not dim + 1"));
+        }
+        let rows = self.block_rows(block);
+        if rows == 0 || rows > DEGREE {
+            return Err(bad("row count outside 1..=8192"));
+        }
+        let t = self.t();
+        let ctx = self.top_ctx()?;
+        let half = t / 2;
+        let mut polys = Vec::with_capacity(block.cols.len());
+        for col in &block.cols {
+            if col.len() != rows {
+                return Err(bad("ragged columns"));
+            }
+            // Centred coefficients cost one bit less noise than [0, t) (notes §2.1).
+            let mut centred = Vec::with_capacity(rows);
+            for &y in col {
+                if y >= t {
+                    return Err(bad("value outside [0, t)"));
+                }
+                centred.push(if y > half {
+                    y as i64 - t as i64
+                } else {
+                    y as i64
+                });
+            }
+            let mut p =
+                Poly::try_convert_from(centred.as_slice(), ctx, false, Representation::PowerBasis)
+                    .map_err(|e| Error::Crypto(e.to_string()))?;
+            p.change_representation(Representation::Ntt);
+            polys.push(p);
+        }
+        Ok(MlhePrepared { polys, rows })
+    }
+
+    fn decode_query(&self, bytes: &[u8], dim: usize) -> Result<MlheQuery> {
+        if dim == 0 || dim > MAX_MLHE_DIM {
+            return Err(Error::InvalidInput(format!(
+                "mlhe dimension {dim} outside 1..={MAX_MLHE_DIM}"
+            )));
+        }
+        let (pk_bytes, q_bytes) = super::unframe_query(bytes)?;
+        let pk = self.decode_ct(pk_bytes, "session public key")?;
+        let parts: Vec<Vec<u8>> =
+            postcard::from_bytes(q_bytes).map_err(|e| Error::malformed("mlhe query", e))?;
+        if parts.len() != dim + 1 {
+            return Err(Error::InvalidInput(format!(
+                "query has {} ciphertexts, index needs {}",
+                parts.len(),
+                dim + 1
+            )));
+        }
+        let cts = parts
+            .iter()
+            .map(|p| self.decode_ct(p, "query ciphertext"))
+            .collect::<Result<Vec<_>>>()?;
+        let pk = [pk[0].clone(), pk[1].clone()];
+        Ok(MlheQuery { pk, cts })
+    }
+
+    fn evaluate(&self, q: &MlheQuery, block: &MlhePrepared) -> Result<Vec<u8>> {
+        if block.polys.len() != q.cts.len() {
+            return Err(Error::InvalidInput(
+                "query dimension does not match the block".into(),
+            ));
+        }
+        let cerr = |e: fhe_math::Error| Error::Crypto(e.to_string());
+        let c0 = fhe_math::rq::dot_product(q.cts.iter().map(|c| &c[0]), block.polys.iter())
+            .map_err(cerr)?;
+        let c1 = fhe_math::rq::dot_product(q.cts.iter().map(|c| &c[1]), block.polys.iter())
+            .map_err(cerr)?;
+        let mut out = self.finish(&q.pk, c0, c1)?;
+        out.extend_from_slice(&(block.rows as u32).to_le_bytes());
+        Ok(out)
+    }
+}
+
+impl Mlhe {
+    /// Decodes one client ciphertext: bounded size, 2 polynomials, top level.
+    fn decode_ct(&self, bytes: &[u8], what: &'static str) -> Result<Ciphertext> {
+        if bytes.len() > MAX_CT_BYTES {
+            return Err(Error::LimitExceeded(format!(
+                "{what} is {} bytes",
+                bytes.len()
+            )));
+        }
+        let ct = Ciphertext::from_bytes(bytes, &self.par).map_err(|e| Error::malformed(what, e))?;
+        if ct.len() != 2 || ct[0].ctx().moduli().len() != self.par.moduli().len() {
+            return Err(Error::malformed(
+                what,
+                "expected a fresh 2-polynomial ciphertext at the top level",
+            ));
+        }
+        Ok(ct)
+    }
+
+    /// Splits a reply into its two q₀ polynomials' coefficient rows and the row count.
+    fn parse_reply(&self, reply: &[u8]) -> Result<(Vec<u64>, Vec<u64>, usize)> {
+        let pb = self.q0_poly_bytes();
+        if reply.len() != 4 + 2 * pb + 4 || &reply[..4] != REPLY_MAGIC {
+            return Err(Error::malformed(
+                "mlhe reply",
+                format!("expected {} bytes with magic", 8 + 2 * pb),
+            ));
+        }
+        let q0 = &self.last_ctx()?.moduli_operators()[0];
+        let c0 = q0.deserialize_vec(&reply[4..4 + pb]);
+        let c1 = q0.deserialize_vec(&reply[4 + pb..4 + 2 * pb]);
+        let mut n = [0u8; 4];
+        n.copy_from_slice(&reply[4 + 2 * pb..]);
+        let rows = u32::from_le_bytes(n) as usize;
+        if c0.len() != DEGREE || c1.len() != DEGREE || rows > DEGREE {
+            return Err(Error::malformed(
+                "mlhe reply",
+                "bad polynomial length or row count",
+            ));
+        }
+        if c0.iter().chain(&c1).any(|&c| c >= **q0) {
+            return Err(Error::malformed(
+                "mlhe reply",
+                "coefficient not reduced mod q0",
+            ));
+        }
+        Ok((c0, c1, rows))
+    }
+}
+
+#[cfg(feature = "client")]
+pub use client::{MlheKey, MlheSession};
+
+#[cfg(feature = "client")]
+mod client {
+    use fhe::bfv::{Encoding, Plaintext, SecretKey};
+    use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter};
+    use rand::{RngCore, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::crypto::{domain, ClassKey, ClientScheme, RowDomain, RowRef};
+    use crate::encoding::QueryPlan;
+
+    /// The mask PRF keys of one class for one index. Zeroized on drop, never printed.
+    pub struct MlheKey {
+        leaf: Zeroizing<[u8; 32]>,
+        pivot: Zeroizing<[u8; 32]>,
+    }
+
+    impl std::fmt::Debug for MlheKey {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("MlheKey(<redacted>)")
+        }
+    }
+
+    impl MlheKey {
+        /// The mask `m ∈ Z_t^{d+1}` of one row: ChaCha20 keyed per class, index and domain, with the
+        /// row id as the stream.
+        pub(crate) fn mask(&self, row: RowRef, len: usize, t_bits: u32) -> Vec<u64> {
+            let key = match row.domain {
+                RowDomain::Leaf => &self.leaf,
+                RowDomain::Pivot => &self.pivot,
+            };
+            let mut rng = ChaCha20Rng::from_seed(**key);
+            rng.set_stream(row.id);
+            let mask = (1u64 << t_bits) - 1;
+            // t is a power of two, so masking the low bits is exactly uniform.
+            (0..len).map(|_| rng.next_u64() & mask).collect()
+        }
+    }
+
+    /// A session's secrets: a fresh BFV secret key. Zeroized on drop (by fhe), never printed.
+    pub struct MlheSession {
+        sk: SecretKey,
+    }
+
+    impl std::fmt::Debug for MlheSession {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("MlheSession(<redacted>)")
+        }
+    }
+
+    impl ClientScheme for Mlhe {
+        type Key = MlheKey;
+        type Session = MlheSession;
+
+        fn derive_key(&self, class_key: &ClassKey, index_id: &[u8; 16]) -> Result<MlheKey> {
+            Ok(MlheKey {
+                leaf: class_key.derive(domain::MASK_LEAF, index_id),
+                pivot: class_key.derive(domain::MASK_PIVOT, index_id),
+            })
+        }
+
+        fn seal_block(&self, key: &MlheKey, rows: &[(RowRef, Vec<i64>)]) -> Result<MlheBlock> {
+            if rows.is_empty() || rows.len() > DEGREE {
+                return Err(Error::InvalidInput(format!(
+                    "{} rows for one block (1..=8192)",
+                    rows.len()
+                )));
+            }
+            let width = rows[0].1.len();
+            let t = self.t();
+            let mut cols = vec![Vec::with_capacity(rows.len()); width];
+            for (r, a) in rows {
+                if a.len() != width {
+                    return Err(Error::InvalidInput("rows of different lengths".into()));
+                }
+                let m = key.mask(*r, width, self.params.t_bits);
+                for (i, (&ai, mi)) in a.iter().zip(m).enumerate() {
+                    cols[i].push((ai.rem_euclid(t as i64) as u64 + mi) % t);
+                }
+            }
+            Ok(MlheBlock { cols })
+        }
+
+        fn new_session(&self) -> Result<MlheSession> {
+            Ok(MlheSession {
+                sk: SecretKey::random(&self.par, &mut rand::rng()),
+            })
+        }
+
+        fn session_public(&self, s: &MlheSession) -> Result<Vec<u8>> {
+            // A public key is an encryption of zero under the secret key (fhe's `PublicKey::new`
+            // does the same but hides its polynomials).
+            let zero = Plaintext::zero(Encoding::poly(), &self.par)
+                .map_err(|e| Error::Crypto(e.to_string()))?;
+            let ct: Ciphertext =
+                s.sk.try_encrypt(&zero, &mut rand::rng())
+                    .map_err(|e: fhe::Error| Error::Crypto(e.to_string()))?;
+            Ok(ct.to_bytes())
+        }
+
+        fn seal_query(&self, s: &MlheSession, w: &[i64]) -> Result<Vec<u8>> {
+            let mut rng = rand::rng();
+            let parts = w
+                .iter()
+                .map(|&wi| {
+                    let pt = Plaintext::try_encode(&[wi][..], Encoding::poly(), &self.par)
+                        .map_err(|e| Error::Crypto(e.to_string()))?;
+                    let ct: Ciphertext =
+                        s.sk.try_encrypt(&pt, &mut rng)
+                            .map_err(|e: fhe::Error| Error::Crypto(e.to_string()))?;
+                    Ok(ct.to_bytes())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            postcard::to_allocvec(&parts).map_err(|e| Error::malformed("mlhe query", e))
+        }
+
+        fn open(
+            &self,
+            key: &MlheKey,
+            s: &MlheSession,
+            reply: &[u8],
+            plan: &QueryPlan,
+            rows: &[RowRef],
+        ) -> Result<Vec<u128>> {
+            let (c0, c1, n) = self.parse_reply(reply)?;
+            if n != rows.len() {
+                return Err(Error::malformed(
+                    "mlhe reply",
+                    format!("{n} rows, expected {}", rows.len()),
+                ));
+            }
+            let ctx = self.last_ctx()?;
+            let cerr = |e: fhe_math::Error| Error::Crypto(e.to_string());
+            let mut p0 =
+                Poly::try_convert_from(c0, ctx, false, Representation::PowerBasis).map_err(cerr)?;
+            let mut p1 =
+                Poly::try_convert_from(c1, ctx, false, Representation::PowerBasis).map_err(cerr)?;
+            p0.change_representation(Representation::Ntt);
+            p1.change_representation(Representation::Ntt);
+            let ct = Ciphertext::new(vec![p0, p1], &self.par)
+                .map_err(|e| Error::Crypto(e.to_string()))?;
+            let pt =
+                s.sk.try_decrypt(&ct)
+                    .map_err(|e| Error::Crypto(e.to_string()))?;
+            let coeffs = Zeroizing::new(
+                Vec::<u64>::try_decode(&pt, Encoding::poly_at_level(self.par.max_level()))
+                    .map_err(|e| Error::Crypto(e.to_string()))?,
+            );
+            let t = self.t() as i128;
+            let bound = self.exact_bound() as i128;
+            rows.iter()
+                .enumerate()
+                .map(|(j, &r)| {
+                    let m = key.mask(r, plan.w.len(), self.params.t_bits);
+                    let mw: i128 = m.iter().zip(&plan.w).map(|(&mi, &wi)| mi as i128 * wi as i128).sum();
+                    let v = (coeffs[j] as i128 - mw + plan.q_norm).rem_euclid(t);
+                    let centred = if v >= t / 2 { v - t } else { v };
+                    if centred < 0 || centred >= bound {
+                        // Either the wrong key/session, a corrupted reply, or an encoding overflow.
+                        return Err(Error::Crypto(
+                            "reply does not open to a valid distance (wrong key or corrupted reply)".into(),
+                        ));
+                    }
+                    Ok(centred as u128)
+                })
+                .collect()
+        }
+    }
+}
+
+#[cfg(all(test, feature = "client"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef};
+    use crate::encoding::{augment, squared_distance, QueryPlan};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    fn rows(n: usize, d: usize, seed: u64) -> Vec<Vec<i64>> {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                (0..d)
+                    .map(|_| rng.random_range(-65535i64..=65535))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn roundtrip(m: &Mlhe, xs: &[Vec<i64>], q: &[i64], first_id: u64) -> Vec<u128> {
+        let d = q.len();
+        let weights = vec![1u32; d];
+        let ck = ClassKey::from_bytes([7; 32]);
+        let key = m.derive_key(&ck, &[1; 16]).unwrap();
+        let sealed: Vec<(RowRef, Vec<i64>)> = xs
+            .iter()
+            .enumerate()
+            .map(|(j, x)| {
+                (
+                    RowRef {
+                        domain: RowDomain::Leaf,
+                        id: first_id + j as u64,
+                    },
+                    augment(x, &weights),
+                )
+            })
+            .collect();
+        let block = m.seal_block(&key, &sealed).unwrap();
+        let prepared = m.prepare(&block, d).unwrap();
+        let s = m.new_session().unwrap();
+        let plan = QueryPlan::new(q, &weights);
+        let bytes = frame_query(
+            &m.session_public(&s).unwrap(),
+            &m.seal_query(&s, &plan.w).unwrap(),
+        );
+        let query = m.decode_query(&bytes, d).unwrap();
+        let reply = m.evaluate(&query, &prepared).unwrap();
+        let refs: Vec<RowRef> = sealed.iter().map(|(r, _)| *r).collect();
+        m.open(&key, &s, &reply, &plan, &refs).unwrap()
+    }
+
+    #[test]
+    fn full_block_and_extremes_are_exact() {
+        let m = Mlhe::new().unwrap();
+        let d = 10;
+        let mut xs = rows(DEGREE, d, 1);
+        xs[0] = vec![65535; d];
+        xs[1] = vec![-65535; d];
+        let q = vec![-65535; d];
+        let got = roundtrip(&m, &xs, &q, 1000);
+        for (x, g) in xs.iter().zip(&got) {
+            assert_eq!(*g, squared_distance(x, &q, &vec![1; d]));
+        }
+        assert_eq!(got[0], 10 * (2u128 * 65535).pow(2));
+        assert_eq!(got[1], 0);
+    }
+
+    #[test]
+    fn wrong_key_does_not_open() {
+        let m = Mlhe::new().unwrap();
+        let xs = rows(50, 3, 2);
+        let weights = [1u32; 3];
+        let key = m
+            .derive_key(&ClassKey::from_bytes([1; 32]), &[0; 16])
+            .unwrap();
+        let other = m
+            .derive_key(&ClassKey::from_bytes([2; 32]), &[0; 16])
+            .unwrap();
+        let sealed: Vec<_> = xs
+            .iter()
+            .enumerate()
+            .map(|(j, x)| {
+                (
+                    RowRef {
+                        domain: RowDomain::Leaf,
+                        id: j as u64,
+                    },
+                    augment(x, &weights),
+                )
+            })
+            .collect();
+        let block = m.seal_block(&key, &sealed).unwrap();
+        let prepared = m.prepare(&block, 3).unwrap();
+        let s = m.new_session().unwrap();
+        let plan = QueryPlan::new(&[0, 0, 0], &weights);
+        let bytes = frame_query(
+            &m.session_public(&s).unwrap(),
+            &m.seal_query(&s, &plan.w).unwrap(),
+        );
+        let reply = m
+            .evaluate(&m.decode_query(&bytes, 3).unwrap(), &prepared)
+            .unwrap();
+        let refs: Vec<_> = sealed.iter().map(|(r, _)| *r).collect();
+        assert!(m.open(&other, &s, &reply, &plan, &refs).is_err());
+        // Another session's secret key does not decrypt either.
+        let s2 = m.new_session().unwrap();
+        assert!(m.open(&key, &s2, &reply, &plan, &refs).is_err());
+        assert!(m.open(&key, &s, &reply, &plan, &refs).is_ok());
+    }
+
+    #[test]
+    fn malformed_inputs_are_errors() {
+        let m = Mlhe::new().unwrap();
+        let s = m.new_session().unwrap();
+        let plan = QueryPlan::new(&[1, 2], &[1, 1]);
+        let pk = m.session_public(&s).unwrap();
+        let q = m.seal_query(&s, &plan.w).unwrap();
+        let good = frame_query(&pk, &q);
+        assert!(m.decode_query(&good, 2).is_ok());
+        assert!(m.decode_query(&good, 3).is_err(), "wrong dimension");
+        for cut in [0, 7, 8, 100, good.len() / 2, good.len() - 1] {
+            assert!(
+                m.decode_query(&good[..cut], 2).is_err(),
+                "truncated at {cut}"
+            );
+        }
+        let mut flipped = good.clone();
+        flipped[20] ^= 0xff;
+        let _ = m.decode_query(&flipped, 2); // must not panic
+                                             // A block with ragged or out-of-range columns.
+        assert!(m
+            .prepare(
+                &MlheBlock {
+                    cols: vec![vec![1, 2], vec![3]]
+                },
+                1
+            )
+            .is_err());
+        assert!(m
+            .prepare(
+                &MlheBlock {
+                    cols: vec![vec![1 << 41], vec![3]]
+                },
+                1
+            )
+            .is_err());
+        assert!(m
+            .prepare(
+                &MlheBlock {
+                    cols: vec![vec![1], vec![3]]
+                },
+                2
+            )
+            .is_err());
+        // Replies.
+        let key = m
+            .derive_key(&ClassKey::from_bytes([0; 32]), &[0; 16])
+            .unwrap();
+        assert!(m.open(&key, &s, &[0u8; 10], &plan, &[]).is_err());
+        assert!(m.open(&key, &s, b"BKR1", &plan, &[]).is_err());
+    }
+
+    /// A malicious client sends `ct₀ = (0, q₁q₂)` and zero ciphertexts for the other coordinates, so
+    /// `c1' = q₁q₂·Y₀`, which switches down to exactly `Y₀` mod q₀. Re-randomisation (adding `a·u`)
+    /// must make this worthless; without it the client reads the whole masked column.
+    #[test]
+    fn rerandomisation_stops_division_attack() {
+        let d = 2;
+        let xs = rows(DEGREE, d, 3);
+        let weights = vec![1u32; d];
+        let honest = Mlhe::new().unwrap();
+        let key = honest
+            .derive_key(&ClassKey::from_bytes([3; 32]), &[3; 16])
+            .unwrap();
+        let sealed: Vec<_> = xs
+            .iter()
+            .enumerate()
+            .map(|(j, x)| {
+                (
+                    RowRef {
+                        domain: RowDomain::Leaf,
+                        id: j as u64,
+                    },
+                    augment(x, &weights),
+                )
+            })
+            .collect();
+        let block = honest.seal_block(&key, &sealed).unwrap();
+        let t = 1i64 << T_BITS;
+        let y0: Vec<i64> = block.cols[0]
+            .iter()
+            .map(|&y| {
+                if y > (t as u64) / 2 {
+                    y as i64 - t
+                } else {
+                    y as i64
+                }
+            })
+            .collect();
+
+        let recovered = |m: &Mlhe| -> usize {
+            let prepared = m.prepare(&block, d).unwrap();
+            let s = m.new_session().unwrap();
+            let pk = m.session_public(&s).unwrap();
+            let ctx = m.top_ctx().unwrap().clone();
+            let moduli = m.par.moduli();
+            let c = (moduli[1] as u128 * moduli[2] as u128) as i128;
+            // Constant polynomial q1·q2 in RNS.
+            let coeffs: Vec<u64> = moduli
+                .iter()
+                .flat_map(|&qi| {
+                    let mut row = vec![0u64; DEGREE];
+                    row[0] = (c % qi as i128) as u64;
+                    row
+                })
+                .collect();
+            let mut c1 =
+                Poly::try_convert_from(coeffs, &ctx, false, Representation::PowerBasis).unwrap();
+            c1.change_representation(Representation::Ntt);
+            let zero = Poly::zero(&ctx, Representation::Ntt);
+            let mut cts = vec![Ciphertext::new(vec![zero.clone(), c1], &m.par).unwrap()];
+            for _ in 0..d {
+                cts.push(Ciphertext::new(vec![zero.clone(), zero.clone()], &m.par).unwrap());
+            }
+            let parts: Vec<Vec<u8>> = cts.iter().map(|c| c.to_bytes()).collect();
+            let bytes = frame_query(&pk, &postcard::to_allocvec(&parts).unwrap());
+            let reply = m
+                .evaluate(&m.decode_query(&bytes, d).unwrap(), &prepared)
+                .unwrap();
+            let (_, c1_out, _) = m.parse_reply(&reply).unwrap();
+            let q0 = moduli[0] as i64;
+            c1_out
+                .iter()
+                .zip(&y0)
+                .filter(|&(&c, &y)| {
+                    let v = c as i64;
+                    let centred = if v > q0 / 2 { v - q0 } else { v };
+                    centred == y
+                })
+                .count()
+        };
+        let mut broken = honest.clone();
+        broken.finish = Finish::NoRerandomise;
+        assert_eq!(recovered(&broken), DEGREE, "the attack itself must work");
+        let full = recovered(&honest);
+        assert!(full < 4, "re-randomised output leaked {full} masked values");
+    }
+
+    /// Honest flooding must dominate the client-known noise `e·Y`; with flooding off, the output
+    /// noise at the top level stays near the ~2^50 product noise, a deterministic function of the
+    /// masked block. Measured on the c0 contribution the server adds: flooding is what makes it large.
+    #[test]
+    fn flooding_is_applied() {
+        let m = Mlhe::new().unwrap();
+        let ctx = m.top_ctx().unwrap().clone();
+        let p = m.flood_poly(&ctx, &mut rand::rng()).unwrap();
+        let q0 = m.par.moduli()[0];
+        let big = p
+            .coefficients()
+            .row(0)
+            .iter()
+            .filter(|&&c: &&u64| {
+                let centred = if c > q0 / 2 { q0 - c } else { c };
+                // A 118-bit value reduced mod a 60-bit prime is uniform: almost never small.
+                centred > 1 << 40
+            })
+            .count();
+        assert!(big > DEGREE - 10, "flood looks small: {big}");
+        let mut noflood = m.clone();
+        noflood.finish = Finish::NoFlood;
+        // Both decrypt exactly (flooding keeps within the budget).
+        for mm in [&m, &noflood] {
+            let xs = rows(100, 4, 9);
+            let q = vec![5, -5, 7, 0];
+            let got = roundtrip(mm, &xs, &q, 0);
+            for (x, g) in xs.iter().zip(&got) {
+                assert_eq!(*g, squared_distance(x, &q, &[1; 4]));
+            }
+        }
+    }
+}

@@ -51,7 +51,10 @@ impl Scheme for Plain {
 
     fn prepare(&self, block: &PlainBlock, dim: usize) -> Result<PlainBlock> {
         if block.rows.len() > self.block_capacity() {
-            return Err(Error::malformed("plain block", "more rows than the block capacity"));
+            return Err(Error::malformed(
+                "plain block",
+                "more rows than the block capacity",
+            ));
         }
         if block.rows.iter().any(|r| r.len() != dim + 1) {
             return Err(Error::malformed("plain block", "row length is not dim + 1"));
@@ -61,7 +64,8 @@ impl Scheme for Plain {
 
     fn decode_query(&self, bytes: &[u8], dim: usize) -> Result<Vec<i64>> {
         let (_, q) = super::unframe_query(bytes)?;
-        let w: Vec<i64> = postcard::from_bytes(q).map_err(|e| Error::malformed("plain query", e))?;
+        let w: Vec<i64> =
+            postcard::from_bytes(q).map_err(|e| Error::malformed("plain query", e))?;
         if w.len() != dim + 1 {
             return Err(Error::InvalidInput(format!(
                 "query has {} coordinates, index needs {}",

@@ -1,0 +1,1 @@
+//! paper-she: being written (see branch wt-she).
