@@ -271,11 +271,11 @@ pub fn isqrt_floor(n: u128) -> u128 {
     if n < 2 {
         return n;
     }
-    let mut x = (n as f64).sqrt() as u128;
-    while x * x > n {
+    let mut x = ((n as f64).sqrt() as u128).min(u64::MAX as u128);
+    while x.checked_mul(x).is_none_or(|sq| sq > n) {
         x -= 1;
     }
-    while (x + 1) * (x + 1) <= n {
+    while (x + 1).checked_mul(x + 1).is_some_and(|sq| sq <= n) {
         x += 1;
     }
     x
@@ -284,7 +284,7 @@ pub fn isqrt_floor(n: u128) -> u128 {
 /// Integer square root, rounded up.
 pub fn isqrt_ceil(n: u128) -> u128 {
     let f = isqrt_floor(n);
-    if f * f == n {
+    if f.checked_mul(f) == Some(n) {
         f
     } else {
         f + 1
@@ -351,12 +351,12 @@ mod tests {
         }
 
         #[test]
-        fn isqrt_bounds(n in any::<u64>()) {
-            let n = n as u128;
+        fn isqrt_bounds(n in any::<u64>(), big in any::<bool>()) {
+            let n = if big { u128::MAX - n as u128 } else { n as u128 };
             let f = isqrt_floor(n);
-            prop_assert!(f * f <= n && (f + 1) * (f + 1) > n);
+            prop_assert!(f * f <= n && (f + 1).checked_mul(f + 1).is_none_or(|s| s > n));
             let c = isqrt_ceil(n);
-            prop_assert!(c * c >= n && (c == 0 || (c - 1) * (c - 1) < n));
+            prop_assert!(c.checked_mul(c).is_none_or(|s| s >= n) && (c == 0 || (c - 1) * (c - 1) < n));
         }
     }
 }

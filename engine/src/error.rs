@@ -43,6 +43,14 @@ pub enum Error {
         /// Human detail.
         detail: String,
     },
+    /// The request is refused by access control or a limit; `code` is stable snake_case.
+    #[error("refused ({code}): {detail}")]
+    Denied {
+        /// Stable reason code.
+        code: &'static str,
+        /// Human detail.
+        detail: String,
+    },
     /// An I/O error with the path involved.
     #[error("I/O error on {path}: {source}")]
     Io {

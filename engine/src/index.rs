@@ -1,1 +1,508 @@
-//! TODO: being written.
+//! The index: what the query server stores (DESIGN §4 "Stored at the server", §7).
+//!
+//! File layout (all integers little-endian):
+//!
+//! ```text
+//! magic "BLINDKD\0" (8) | format version u32 | header length u32 | header (postcard IndexHeader)
+//! | body length u64 | body (postcard IndexBody<S::Block>) | blake3(all preceding bytes) (32) | "BKDEND\0\0" (8)
+//! ```
+//!
+//! Written to a temp file in the same directory, fsynced, renamed over the target and the directory
+//! fsynced, so a crash mid-write leaves the previous index intact. Read back with every length bounded
+//! before allocation and the checksum verified before the body is parsed; then every block is
+//! validated against the header's dimension and scheme.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{mlhe::MlheParams, Scheme, SchemeId};
+use crate::tree::{ShapeNode, TreeShape};
+use crate::{Error, Result};
+
+/// Current on-disk format version. Bump on any incompatible change and keep a reader for the old one.
+pub const FORMAT_VERSION: u32 = 1;
+/// File magic.
+pub const MAGIC: &[u8; 8] = b"BLINDKD\0";
+/// Footer magic.
+pub const END_MAGIC: &[u8; 8] = b"BKDEND\0\0";
+/// Largest header accepted.
+pub const MAX_HEADER: u32 = 64 * 1024;
+/// Largest index file accepted (64 GiB).
+pub const MAX_FILE: u64 = 64 << 30;
+
+/// A random 16-byte index id, shown in hex.
+pub type IndexId = [u8; 16];
+
+/// Public scheme parameters, per scheme.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SchemeParams {
+    /// `plain`.
+    Plain,
+    /// `mlhe`.
+    Mlhe(MlheParams),
+    /// `paper-she`: the public modulus and sizes, opaque here so the format does not depend on the feature.
+    PaperShe(Vec<u8>),
+}
+
+impl SchemeParams {
+    /// The scheme id.
+    pub fn id(&self) -> SchemeId {
+        match self {
+            SchemeParams::Plain => SchemeId::Plain,
+            SchemeParams::Mlhe(_) => SchemeId::Mlhe,
+            SchemeParams::PaperShe(_) => SchemeId::PaperShe,
+        }
+    }
+}
+
+/// The header: readable without parsing the body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexHeader {
+    /// The index id (the token audience).
+    pub index_id: IndexId,
+    /// Scheme and its public parameters.
+    pub scheme: SchemeParams,
+    /// Feature dimension d.
+    pub dim: u32,
+    /// Most rows per block.
+    pub block_capacity: u32,
+    /// Total records.
+    pub records: u64,
+    /// Creation time (unix seconds).
+    pub created: u64,
+}
+
+/// The body for one scheme: one tree per policy class.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IndexBody<B> {
+    /// Class trees, sorted by class name.
+    pub classes: Vec<ClassIndex<B>>,
+}
+
+/// One policy class: its tree shape, masked pivots, sealed radii and masked leaves.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClassIndex<B> {
+    /// The policy class name.
+    // LEAKAGE: class names and per-class record counts (the forest shape) are visible to the server.
+    pub class: String,
+    /// The public tree shape.
+    pub shape: TreeShape,
+    /// Masked pivots: node `v` is row `v % capacity` of block `v / capacity`.
+    pub pivot_blocks: Vec<B>,
+    /// Radius bounds sealed with the class's AEAD key; the server hands them out as opaque bytes.
+    pub sealed_radii: Vec<u8>,
+    /// Masked leaf blocks, in leaf order.
+    pub leaves: Vec<LeafBlock<B>>,
+}
+
+/// One leaf block.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeafBlock<B> {
+    /// The sealed block.
+    pub block: B,
+    /// Random opaque record ids, one per row.
+    pub record_ids: Vec<u64>,
+    /// AEAD-sealed payloads (record identity + payload fields), one per row.
+    pub payloads: Vec<Vec<u8>>,
+}
+
+/// Summary of an index for `inspect`: what the server sees, never a value.
+#[derive(Clone, Debug, Serialize)]
+pub struct IndexSummary {
+    /// Format version.
+    pub format_version: u32,
+    /// Index id, hex.
+    pub index_id: String,
+    /// Scheme name.
+    pub scheme: String,
+    /// Scheme parameters (public).
+    pub params: String,
+    /// Dimension.
+    pub dim: u32,
+    /// Total records.
+    pub records: u64,
+    /// Block capacity.
+    pub block_capacity: u32,
+    /// File size in bytes.
+    pub file_bytes: u64,
+    /// Per class: name, records, nodes, leaves, depth, pivot blocks.
+    pub classes: Vec<ClassSummary>,
+}
+
+/// Per-class part of [`IndexSummary`].
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassSummary {
+    /// Class name.
+    pub class: String,
+    /// Records.
+    pub records: u64,
+    /// Tree nodes.
+    pub nodes: usize,
+    /// Leaves.
+    pub leaves: usize,
+    /// Tree depth.
+    pub depth: usize,
+    /// Pivot blocks.
+    pub pivot_blocks: usize,
+}
+
+/// Hex of an index id.
+pub fn id_hex(id: &IndexId) -> String {
+    hex::encode(id)
+}
+
+/// Parses a hex index id.
+pub fn parse_id(s: &str) -> Result<IndexId> {
+    let v = hex::decode(s).map_err(|e| Error::InvalidInput(format!("index id `{s}`: {e}")))?;
+    v.try_into()
+        .map_err(|_| Error::InvalidInput(format!("index id `{s}` is not 16 bytes of hex")))
+}
+
+/// Serialises header and body into the file format.
+pub fn encode_file<B: Serialize>(header: &IndexHeader, body: &IndexBody<B>) -> Result<Vec<u8>> {
+    let h = postcard::to_allocvec(header).map_err(|e| Error::malformed("index header", e))?;
+    let b = postcard::to_allocvec(body).map_err(|e| Error::malformed("index body", e))?;
+    let mut out = Vec::with_capacity(8 + 4 + 4 + h.len() + 8 + b.len() + 40);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(h.len() as u32).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+    out.extend_from_slice(&b);
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out.extend_from_slice(END_MAGIC);
+    Ok(out)
+}
+
+/// Writes bytes atomically: temp file in the same directory, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            // Persist the rename; not all platforms allow fsync on a directory.
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// A file split and checked at the framing level: header parsed, body bytes checksummed.
+#[derive(Debug)]
+pub struct RawIndex<'a> {
+    /// Format version found.
+    pub version: u32,
+    /// The parsed header.
+    pub header: IndexHeader,
+    /// The body bytes (checksum verified).
+    pub body: &'a [u8],
+}
+
+/// Checks magic, version, lengths and checksum, and parses the header. `path` is only for errors.
+pub fn split_file<'a>(bytes: &'a [u8], path: &Path) -> Result<RawIndex<'a>> {
+    let corrupt = |d: String| Error::DataCorruption {
+        path: path.to_path_buf(),
+        detail: d,
+    };
+    if bytes.len() < 8 + 4 + 4 + 8 + 40 {
+        return Err(corrupt(format!(
+            "file is {} bytes, too short for an index",
+            bytes.len()
+        )));
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(corrupt("not a blindkd index (bad magic)".into()));
+    }
+    let version = u32::from_le_bytes(take4(bytes, 8));
+    if version != FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion(format!(
+            "{}: index format version {version}; this build reads version {FORMAT_VERSION}",
+            path.display()
+        )));
+    }
+    let hlen = u32::from_le_bytes(take4(bytes, 12));
+    if hlen > MAX_HEADER || 16 + hlen as usize + 8 + 40 > bytes.len() {
+        return Err(corrupt(format!("header length {hlen} is out of bounds")));
+    }
+    let hend = 16 + hlen as usize;
+    let blen = u64::from_le_bytes(take8(bytes, hend));
+    let expected = (hend as u64 + 8)
+        .checked_add(blen)
+        .and_then(|v| v.checked_add(40));
+    if expected != Some(bytes.len() as u64) {
+        return Err(corrupt(format!(
+            "body length {blen} does not match the file size {} (truncated or appended to)",
+            bytes.len()
+        )));
+    }
+    let body_start = hend + 8;
+    let body_end = bytes.len() - 40;
+    if &bytes[bytes.len() - 8..] != END_MAGIC {
+        return Err(corrupt("missing footer (truncated?)".into()));
+    }
+    let sum = blake3::hash(&bytes[..body_end]);
+    if sum.as_bytes() != &bytes[body_end..body_end + 32] {
+        return Err(corrupt("checksum mismatch: the file is corrupt".into()));
+    }
+    let header: IndexHeader =
+        postcard::from_bytes(&bytes[16..hend]).map_err(|e| corrupt(format!("header: {e}")))?;
+    Ok(RawIndex {
+        version,
+        header,
+        body: &bytes[body_start..body_end],
+    })
+}
+
+fn take4(b: &[u8], at: usize) -> [u8; 4] {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    a
+}
+
+fn take8(b: &[u8], at: usize) -> [u8; 8] {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    a
+}
+
+/// Reads a whole index file into memory with a size bound.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.len() > MAX_FILE {
+        return Err(Error::LimitExceeded(format!(
+            "{} is {} bytes, above the {MAX_FILE}-byte limit",
+            path.display(),
+            meta.len()
+        )));
+    }
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// A loaded, validated, evaluable index for one scheme: what the query server holds.
+pub struct ServerIndex<S: Scheme> {
+    /// The scheme (public parameters).
+    pub scheme: S,
+    /// The header.
+    pub header: IndexHeader,
+    /// Per class.
+    pub classes: Vec<ServerClass<S>>,
+}
+
+/// One class of a loaded index.
+pub struct ServerClass<S: Scheme> {
+    /// Name.
+    pub class: String,
+    /// Shape.
+    pub shape: TreeShape,
+    /// Prepared pivot blocks.
+    pub pivot_blocks: Vec<S::Prepared>,
+    /// Sealed radii.
+    pub sealed_radii: Vec<u8>,
+    /// Prepared leaf blocks.
+    pub leaves: Vec<S::Prepared>,
+    /// Record ids per leaf.
+    pub record_ids: Vec<Vec<u64>>,
+    /// Payloads per leaf.
+    pub payloads: Vec<Vec<Vec<u8>>>,
+}
+
+impl<S: Scheme> ServerIndex<S> {
+    /// Parses and fully validates a body, then prepares every block (for mlhe: NTT precompute),
+    /// in parallel.
+    pub fn from_body(scheme: S, header: IndexHeader, body: &[u8], path: &Path) -> Result<Self> {
+        use rayon::prelude::*;
+        let corrupt = |d: String| Error::DataCorruption {
+            path: path.to_path_buf(),
+            detail: d,
+        };
+        let body: IndexBody<S::Block> =
+            postcard::from_bytes(body).map_err(|e| corrupt(format!("body: {e}")))?;
+        if body.classes.is_empty() {
+            return Err(corrupt("index has no classes".into()));
+        }
+        let dim = header.dim as usize;
+        let cap = scheme.block_capacity();
+        if header.block_capacity as usize > cap || header.block_capacity == 0 {
+            return Err(corrupt("block capacity out of range for the scheme".into()));
+        }
+        let mut total = 0u64;
+        let mut classes = Vec::with_capacity(body.classes.len());
+        let mut names = std::collections::BTreeSet::new();
+        for c in body.classes {
+            if !names.insert(c.class.clone()) {
+                return Err(corrupt(format!("class `{}` appears twice", c.class)));
+            }
+            c.shape
+                .validate(header.block_capacity as usize)
+                .map_err(|e| corrupt(format!("class `{}`: {e}", c.class)))?;
+            let nodes = c.shape.nodes.len();
+            if c.pivot_blocks.len() != nodes.div_ceil(cap) {
+                return Err(corrupt(format!(
+                    "class `{}`: wrong pivot block count",
+                    c.class
+                )));
+            }
+            for (b, blk) in c.pivot_blocks.iter().enumerate() {
+                let want = (nodes - b * cap).min(cap);
+                if scheme.block_rows(blk) != want {
+                    return Err(corrupt(format!(
+                        "class `{}`: pivot block {b} has the wrong row count",
+                        c.class
+                    )));
+                }
+            }
+            if c.leaves.len() != c.shape.leaves.len() {
+                return Err(corrupt(format!("class `{}`: leaf count mismatch", c.class)));
+            }
+            for (i, leaf) in c.leaves.iter().enumerate() {
+                let ShapeNode::Leaf { rows, .. } = c.shape.nodes[c.shape.leaves[i] as usize] else {
+                    return Err(corrupt("leaf list points at an inner node".into()));
+                };
+                let rows = rows as usize;
+                if scheme.block_rows(&leaf.block) != rows
+                    || leaf.record_ids.len() != rows
+                    || leaf.payloads.len() != rows
+                {
+                    return Err(corrupt(format!(
+                        "class `{}`: leaf {i} row counts disagree",
+                        c.class
+                    )));
+                }
+            }
+            total += c.shape.records();
+            let prep = |b: &S::Block| scheme.prepare(b, dim);
+            let pivot_blocks = c
+                .pivot_blocks
+                .par_iter()
+                .map(prep)
+                .collect::<Result<Vec<_>>>()?;
+            let leaves = c
+                .leaves
+                .par_iter()
+                .map(|l| prep(&l.block))
+                .collect::<Result<Vec<_>>>()?;
+            let (record_ids, payloads) = c
+                .leaves
+                .into_iter()
+                .map(|l| (l.record_ids, l.payloads))
+                .unzip();
+            classes.push(ServerClass {
+                class: c.class,
+                shape: c.shape,
+                pivot_blocks,
+                sealed_radii: c.sealed_radii,
+                leaves,
+                record_ids,
+                payloads,
+            });
+        }
+        if total != header.records {
+            return Err(corrupt(
+                "record count in the header does not match the trees".into(),
+            ));
+        }
+        Ok(ServerIndex {
+            scheme,
+            header,
+            classes,
+        })
+    }
+
+    /// The index id.
+    pub fn id(&self) -> IndexId {
+        self.header.index_id
+    }
+}
+
+/// Summarises an index file for `inspect` without preparing blocks: shape and sizes only.
+pub fn summarize(bytes: &[u8], path: &Path) -> Result<IndexSummary> {
+    let raw = split_file(bytes, path)?;
+    match raw.header.scheme.id() {
+        SchemeId::Plain => {
+            summarize_body::<crate::crypto::plain::PlainBlock>(&raw, bytes.len(), path)
+        }
+        SchemeId::Mlhe => summarize_body::<crate::crypto::mlhe::MlheBlock>(&raw, bytes.len(), path),
+        #[cfg(feature = "paper-she")]
+        SchemeId::PaperShe => summarize_body::<<crate::crypto::she::PaperShe as Scheme>::Block>(
+            &raw,
+            bytes.len(),
+            path,
+        ),
+        #[cfg(not(feature = "paper-she"))]
+        SchemeId::PaperShe => Err(Error::UnsupportedVersion(
+            "this is a paper-she index; rebuild with the `paper-she` feature to read it".into(),
+        )),
+    }
+}
+
+/// Parses a checked body for scheme block type `B`.
+pub fn parse_body<B: serde::de::DeserializeOwned>(
+    raw: &RawIndex<'_>,
+    path: &Path,
+) -> Result<IndexBody<B>> {
+    postcard::from_bytes(raw.body).map_err(|e| Error::DataCorruption {
+        path: path.to_path_buf(),
+        detail: format!("body: {e}"),
+    })
+}
+
+fn summarize_body<B: serde::de::DeserializeOwned>(
+    raw: &RawIndex<'_>,
+    file_bytes: usize,
+    path: &Path,
+) -> Result<IndexSummary> {
+    let body: IndexBody<B> = parse_body(raw, path)?;
+    let classes = body
+        .classes
+        .iter()
+        .map(|c| ClassSummary {
+            class: c.class.clone(),
+            records: c.shape.records(),
+            nodes: c.shape.nodes.len(),
+            leaves: c.shape.leaves.len(),
+            depth: c.shape.leaf_paths().iter().map(Vec::len).max().unwrap_or(0),
+            pivot_blocks: c.pivot_blocks.len(),
+        })
+        .collect();
+    let h = &raw.header;
+    Ok(IndexSummary {
+        format_version: raw.version,
+        index_id: id_hex(&h.index_id),
+        scheme: h.scheme.id().to_string(),
+        params: match &h.scheme {
+            SchemeParams::Plain => "none (plaintext: NOT confidential)".into(),
+            SchemeParams::Mlhe(p) => format!(
+                "BFV N={} t=2^{} q={:?} bits, flood 2^{}",
+                p.degree, p.t_bits, p.moduli_bits, p.flood_bits
+            ),
+            SchemeParams::PaperShe(_) => "paper-she (INSECURE baseline)".into(),
+        },
+        dim: h.dim,
+        records: h.records,
+        block_capacity: h.block_capacity,
+        file_bytes: file_bytes as u64,
+        classes,
+    })
+}

@@ -1,1 +1,583 @@
-//! TODO: being written.
+//! The data owner's side (feature `client`): the owner key, index building, and doctors' key bundles.
+//!
+//! The owner key holds two 32-byte secrets: the token-signing seed and the master secret from which
+//! every class key derives (`class key = KDF(master, class)`; mask, radius and payload keys derive from
+//! the class key). It also records, per index built, the schema: column statistics are data, so the
+//! schema never goes into the server's index.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::RngCore;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::crypto::{aead, domain, ClassKey, ClientScheme, RowDomain, RowRef, SchemeId};
+use crate::encoding::{augment, Schema};
+use crate::index::{ClassIndex, IndexBody, IndexHeader, IndexId, LeafBlock, SchemeParams};
+use crate::tree::{ShapeNode, TreeBuilder};
+use crate::{Error, Result};
+
+const KEY_FILE_TAG: &str = "blindkd-owner-key-v1";
+
+/// What the owner remembers about one index it built.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexRecord {
+    /// Index id (hex in files).
+    pub index_id: IndexId,
+    /// A human name (the output file stem).
+    pub name: String,
+    /// Scheme and public parameters.
+    pub scheme: SchemeParams,
+    /// The encoding schema.
+    pub schema: Schema,
+    /// Policy classes in the index.
+    pub classes: Vec<String>,
+}
+
+/// The owner key. Secrets zeroize on drop; `Debug` prints no secret; not `Serialize`.
+pub struct OwnerKey {
+    issuer: String,
+    signing_seed: Zeroizing<[u8; 32]>,
+    master: Zeroizing<[u8; 32]>,
+    /// Indexes built with this key.
+    pub indexes: Vec<IndexRecord>,
+}
+
+impl std::fmt::Debug for OwnerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnerKey")
+            .field("issuer", &self.issuer)
+            .field("secrets", &"<redacted>")
+            .field("indexes", &self.indexes.len())
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyFile {
+    format: String,
+    issuer: String,
+    signing_seed: String,
+    master: String,
+    indexes: Vec<IndexRecord>,
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.signing_seed.zeroize();
+        self.master.zeroize();
+    }
+}
+
+impl OwnerKey {
+    /// A fresh owner key for issuer `issuer` (the token `iss` and key id).
+    pub fn generate(issuer: &str) -> Result<Self> {
+        if issuer.is_empty() || issuer.len() > 64 || !issuer.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(Error::InvalidInput(
+                "issuer name must be 1–64 printable ASCII characters without spaces".into(),
+            ));
+        }
+        let mut rng = rand::rng();
+        let mut s = Zeroizing::new([0u8; 32]);
+        let mut m = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut *s);
+        rng.fill_bytes(&mut *m);
+        Ok(OwnerKey {
+            issuer: issuer.to_string(),
+            signing_seed: s,
+            master: m,
+            indexes: Vec::new(),
+        })
+    }
+
+    /// The issuer name.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The Ed25519 token-signing seed (for [`crate::token`]).
+    pub fn signing_seed(&self) -> &[u8; 32] {
+        &self.signing_seed
+    }
+
+    /// The key of one policy class for one scheme. paper-she has one key per index (its public
+    /// modulus is per key), so every class shares it: another reason it is a baseline only.
+    pub fn class_key(&self, scheme: SchemeId, class: &str) -> ClassKey {
+        let (ctx, salt) = match scheme {
+            SchemeId::PaperShe => (domain::SHE_KEY, &b""[..]),
+            _ => (domain::CLASS_KEY, class.as_bytes()),
+        };
+        let mut h = blake3::Hasher::new_derive_key(ctx);
+        h.update(&*self.master);
+        h.update(salt);
+        ClassKey::from_bytes(*h.finalize().as_bytes())
+    }
+
+    /// Serialises the key file (secrets as hex). Write it with [`OwnerKey::save`].
+    fn to_file_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
+        let kf = KeyFile {
+            format: KEY_FILE_TAG.into(),
+            issuer: self.issuer.clone(),
+            signing_seed: hex::encode(*self.signing_seed),
+            master: hex::encode(*self.master),
+            indexes: self.indexes.clone(),
+        };
+        serde_json::to_vec_pretty(&kf)
+            .map(Zeroizing::new)
+            .map_err(|e| Error::malformed("owner key", e))
+    }
+
+    /// Writes the key file atomically with mode 0600.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_file_bytes()?;
+        write_secret_file(path, &bytes)
+    }
+
+    /// Loads a key file, refusing one that group or others can read.
+    pub fn load(path: &Path) -> Result<Self> {
+        check_private(path)?;
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| Error::io(path, e))?);
+        if bytes.len() > 16 << 20 {
+            return Err(Error::LimitExceeded("owner key file above 16 MiB".into()));
+        }
+        let kf: KeyFile =
+            serde_json::from_slice(&bytes).map_err(|e| Error::malformed("owner key file", e))?;
+        if kf.format != KEY_FILE_TAG {
+            return Err(Error::UnsupportedVersion(format!(
+                "owner key format `{}`",
+                kf.format
+            )));
+        }
+        let dec = |s: &str| -> Result<Zeroizing<[u8; 32]>> {
+            let v = Zeroizing::new(hex::decode(s).map_err(|e| Error::malformed("owner key", e))?);
+            let mut out = Zeroizing::new([0u8; 32]);
+            if v.len() != 32 {
+                return Err(Error::malformed("owner key", "secret is not 32 bytes"));
+            }
+            out.copy_from_slice(&v);
+            Ok(out)
+        };
+        Ok(OwnerKey {
+            issuer: kf.issuer.clone(),
+            signing_seed: dec(&kf.signing_seed)?,
+            master: dec(&kf.master)?,
+            indexes: kf.indexes.clone(),
+        })
+    }
+
+    /// Finds an index record by hex id or name.
+    pub fn find_index(&self, which: &str) -> Option<&IndexRecord> {
+        self.indexes
+            .iter()
+            .find(|r| crate::index::id_hex(&r.index_id) == which || r.name == which)
+    }
+
+    /// Builds the sealed key bundle for a doctor: for every index (or the one named) the schema,
+    /// scheme parameters and the keys of the granted classes present in it.
+    pub fn bundle(&self, classes: &[String], index: Option<&str>) -> Result<Bundle> {
+        let mut entries = Vec::new();
+        for rec in &self.indexes {
+            if let Some(w) = index {
+                if crate::index::id_hex(&rec.index_id) != w && rec.name != w {
+                    continue;
+                }
+            }
+            let granted: Vec<&String> =
+                rec.classes.iter().filter(|c| classes.contains(c)).collect();
+            if granted.is_empty() {
+                continue;
+            }
+            entries.push(BundleEntry {
+                index_id: rec.index_id,
+                name: rec.name.clone(),
+                scheme: rec.scheme.clone(),
+                schema: rec.schema.clone(),
+                keys: granted
+                    .into_iter()
+                    .map(|c| (c.clone(), *self.class_key(rec.scheme.id(), c).expose()))
+                    .collect(),
+            });
+        }
+        if entries.is_empty() {
+            return Err(Error::InvalidInput(
+                "no index built with this key has any of the requested classes".into(),
+            ));
+        }
+        Ok(Bundle { entries })
+    }
+}
+
+/// A doctor's query-key bundle: per index, schema, parameters and the granted class keys.
+/// Contains secrets: zeroized on drop, never printed, sealed to the device key for transport.
+pub struct Bundle {
+    /// One entry per index.
+    pub entries: Vec<BundleEntry>,
+}
+
+/// One index in a [`Bundle`].
+#[derive(Serialize, Deserialize)]
+pub struct BundleEntry {
+    /// Index id.
+    pub index_id: IndexId,
+    /// Name.
+    pub name: String,
+    /// Scheme parameters.
+    pub scheme: SchemeParams,
+    /// Schema.
+    pub schema: Schema,
+    /// Class name → class key bytes.
+    pub keys: Vec<(String, [u8; 32])>,
+}
+
+impl Drop for BundleEntry {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for (_, k) in &mut self.keys {
+            k.zeroize();
+        }
+    }
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.entries.iter().map(|e| &e.name).collect();
+        write!(f, "Bundle {{ indexes: {names:?}, keys: <redacted> }}")
+    }
+}
+
+const BUNDLE_TAG: &[u8; 8] = b"BKDBNDL1";
+
+impl Bundle {
+    /// Serialises (to be sealed to a device key; never sent in the clear).
+    pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
+        let mut out = Zeroizing::new(BUNDLE_TAG.to_vec());
+        let body = Zeroizing::new(
+            postcard::to_allocvec(&self.entries).map_err(|e| Error::malformed("bundle", e))?,
+        );
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Parses an opened bundle.
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        if b.len() < 8 || &b[..8] != BUNDLE_TAG {
+            return Err(Error::malformed("bundle", "bad tag"));
+        }
+        let entries: Vec<BundleEntry> =
+            postcard::from_bytes(&b[8..]).map_err(|e| Error::malformed("bundle", e))?;
+        Ok(Bundle { entries })
+    }
+
+    /// The entry for an index id.
+    pub fn entry(&self, id: &IndexId) -> Option<&BundleEntry> {
+        self.entries.iter().find(|e| &e.index_id == id)
+    }
+}
+
+impl BundleEntry {
+    /// The class key for `class`, if granted.
+    pub fn class_key(&self, class: &str) -> Option<ClassKey> {
+        self.keys
+            .iter()
+            .find(|(c, _)| c == class)
+            .map(|(_, k)| ClassKey::from_bytes(*k))
+    }
+}
+
+/// Writes a secret file atomically with mode 0600.
+pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let res = (|| {
+        use std::io::Write;
+        let mut f = opts.open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Refuses a secret file that group or others may read.
+pub fn check_private(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(Error::InvalidInput(format!(
+                "{} has mode {:o}: secret files must not be readable by group or others (chmod 600)",
+                path.display(),
+                mode & 0o777
+            )));
+        }
+    }
+    let _ = meta;
+    Ok(())
+}
+
+/// One record for the indexer: encoded features plus what gets sealed with it.
+#[derive(Clone, Debug)]
+pub struct OwnerRecord {
+    /// The owner's record identity (e.g. patient id or row number). Sealed, never visible to the server.
+    pub id: String,
+    /// Policy class.
+    pub class: String,
+    /// Encoded features.
+    pub x: Vec<i64>,
+    /// Payload fields, sealed per class.
+    pub payload: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a doctor's client gets back when it opens a payload.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OpenedPayload {
+    /// The owner's record identity.
+    pub record: String,
+    /// The payload fields.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Index build options.
+pub struct BuildOptions<'a> {
+    /// Records per leaf block (≤ the scheme's block capacity).
+    pub leaf_size: usize,
+    /// Called with the number of records sealed so far.
+    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+}
+
+/// AAD binding a payload to its index, class and record id.
+pub fn payload_aad(index_id: &IndexId, class: &str, record_id: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + class.len() + 9);
+    v.extend_from_slice(index_id);
+    v.extend_from_slice(class.as_bytes());
+    v.push(0);
+    v.extend_from_slice(&record_id.to_le_bytes());
+    v
+}
+
+/// AAD binding the radius blob to its index and class.
+pub fn radii_aad(index_id: &IndexId, class: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + class.len() + 6);
+    v.extend_from_slice(index_id);
+    v.extend_from_slice(class.as_bytes());
+    v.extend_from_slice(b"\0radii");
+    v
+}
+
+/// What [`build_index`] produces.
+pub struct BuildOutput<B> {
+    /// The header.
+    pub header: IndexHeader,
+    /// The body.
+    pub body: IndexBody<B>,
+    /// The owner's record (store it in the owner key).
+    pub record: IndexRecord,
+    /// The opaque id given to each input record, in input order (owner-side only; for audits and tests).
+    pub record_ids: Vec<u64>,
+}
+
+impl<B: Serialize> BuildOutput<B> {
+    /// The index file bytes.
+    pub fn to_file_bytes(&self) -> Result<Vec<u8>> {
+        crate::index::encode_file(&self.header, &self.body)
+    }
+}
+
+/// Builds a sealed index for `scheme`. Returns the header, the body and the owner's record of it.
+pub fn build_index<S: ClientScheme>(
+    scheme: &S,
+    params: SchemeParams,
+    owner: &OwnerKey,
+    name: &str,
+    schema: &Schema,
+    records: &[OwnerRecord],
+    opts: &BuildOptions<'_>,
+) -> Result<BuildOutput<S::Block>> {
+    schema.check_overflow(scheme.exact_bound())?;
+    if records.is_empty() {
+        return Err(Error::InvalidInput("no records to index".into()));
+    }
+    let dim = schema.dim();
+    if let Some(r) = records.iter().find(|r| r.x.len() != dim) {
+        return Err(Error::InvalidInput(format!(
+            "record `{}` has {} features, schema has {dim}",
+            r.id,
+            r.x.len()
+        )));
+    }
+    let max = schema.max_abs();
+    if let Some(r) = records.iter().find(|r| r.x.iter().any(|v| v.abs() > max)) {
+        return Err(Error::InvalidInput(format!(
+            "record `{}` is outside the bit budget",
+            r.id
+        )));
+    }
+    let cap = scheme.block_capacity();
+    let leaf_size = opts.leaf_size.clamp(1, cap);
+    let mut index_id = [0u8; 16];
+    rand::rng().fill_bytes(&mut index_id);
+    let weights = schema.weights();
+
+    let mut by_class: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if r.class.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "record `{}` has an empty class",
+                r.id
+            )));
+        }
+        by_class.entry(r.class.as_str()).or_default().push(i);
+    }
+    // Random, unique opaque record ids.
+    let mut used = HashSet::with_capacity(records.len());
+    let mut rng = rand::rng();
+    let opaque: Vec<u64> = (0..records.len())
+        .map(|_| loop {
+            let id = rng.next_u64();
+            if used.insert(id) {
+                break id;
+            }
+        })
+        .collect();
+
+    let done = AtomicU64::new(0);
+    let mut classes = Vec::with_capacity(by_class.len());
+    for (class, members) in &by_class {
+        let class_key = owner.class_key(S::ID, class);
+        let key = scheme.derive_key(&class_key, &index_id)?;
+        let points: Vec<Vec<i64>> = members.iter().map(|&i| records[i].x.clone()).collect();
+        let tree = TreeBuilder::new(leaf_size, weights.clone()).build(&points);
+
+        let pivot_rows: Vec<(RowRef, Vec<i64>)> = tree
+            .pivots
+            .iter()
+            .enumerate()
+            .map(|(v, p)| {
+                (
+                    RowRef {
+                        domain: RowDomain::Pivot,
+                        id: v as u64,
+                    },
+                    augment(p, &weights),
+                )
+            })
+            .collect();
+        let pivot_blocks = pivot_rows
+            .par_chunks(cap)
+            .map(|rows| scheme.seal_block(&key, rows))
+            .collect::<Result<Vec<_>>>()?;
+        let radii = postcard::to_allocvec(&tree.radii).map_err(|e| Error::malformed("radii", e))?;
+        let payload_key = class_key.derive(domain::PAYLOAD_AEAD, &index_id);
+        let radius_key = class_key.derive(domain::RADIUS_AEAD, &index_id);
+        let sealed_radii = aead::seal(&radius_key, &radii_aad(&index_id, class), &radii)?;
+
+        let leaves = tree
+            .shape
+            .leaves
+            .par_iter()
+            .map(|&node| {
+                let ShapeNode::Leaf {
+                    first_slot, rows, ..
+                } = tree.shape.nodes[node as usize]
+                else {
+                    return Err(Error::InvalidInput(
+                        "leaf list points at an inner node".into(),
+                    ));
+                };
+                let slots = first_slot..first_slot + rows as u64;
+                let mut sealed_rows = Vec::with_capacity(rows as usize);
+                let mut ids = Vec::with_capacity(rows as usize);
+                let mut payloads = Vec::with_capacity(rows as usize);
+                for slot in slots {
+                    let rec_idx = members[tree.order[slot as usize]];
+                    let rec = &records[rec_idx];
+                    sealed_rows.push((
+                        RowRef {
+                            domain: RowDomain::Leaf,
+                            id: slot,
+                        },
+                        augment(&rec.x, &weights),
+                    ));
+                    let rid = opaque[rec_idx];
+                    ids.push(rid);
+                    let body = serde_json::to_vec(&OpenedPayload {
+                        record: rec.id.clone(),
+                        fields: rec.payload.clone(),
+                    })
+                    .map_err(|e| Error::malformed("payload", e))?;
+                    payloads.push(aead::seal(
+                        &payload_key,
+                        &payload_aad(&index_id, class, rid),
+                        &body,
+                    )?);
+                }
+                let block = scheme.seal_block(&key, &sealed_rows)?;
+                let n = done.fetch_add(rows as u64, Ordering::Relaxed) + rows as u64;
+                if let Some(p) = opts.progress {
+                    p(n);
+                }
+                Ok(LeafBlock {
+                    block,
+                    record_ids: ids,
+                    payloads,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        classes.push(ClassIndex {
+            class: (*class).to_string(),
+            shape: tree.shape,
+            pivot_blocks,
+            sealed_radii,
+            leaves,
+        });
+    }
+    let header = IndexHeader {
+        index_id,
+        scheme: params.clone(),
+        dim: dim as u32,
+        block_capacity: leaf_size as u32,
+        records: records.len() as u64,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let record = IndexRecord {
+        index_id,
+        name: name.to_string(),
+        scheme: params,
+        schema: schema.clone(),
+        classes: by_class.keys().map(|c| (*c).to_string()).collect(),
+    };
+    Ok(BuildOutput {
+        header,
+        body: IndexBody { classes },
+        record,
+        record_ids: opaque,
+    })
+}

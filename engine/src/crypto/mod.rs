@@ -9,6 +9,8 @@
 //! a query `w = (−2q̃, 1)`, the server computes `⟨a, w⟩` blindly and the client adds `‖q̃‖²_w` to get
 //! the exact squared distance. See [`crate::encoding::QueryPlan`].
 
+#[cfg(feature = "client")]
+pub mod aead;
 pub mod domain;
 pub mod mlhe;
 pub mod plain;
