@@ -68,6 +68,7 @@ fn distances(xs: &[Vec<i64>], q: &[i64], weights: &[u32]) -> Vec<u128> {
     let block: SheBlock = postcard::from_bytes(&postcard::to_allocvec(&block).unwrap()).unwrap();
 
     let (doctor, dkey) = doctor();
+    #[allow(clippy::let_unit_value)] // paper-she has no session secrets; keep the generic flow
     let session = doctor.new_session().unwrap();
     let plan = QueryPlan::new(q, weights);
     let sealed = doctor.seal_query(&session, &plan.w).unwrap();
@@ -169,6 +170,9 @@ fn negative_plaintexts_decode() {
     assert_eq!(key.decrypt(&p), -99);
 }
 
+/// 3 · (−2) · 5 · 7 · (−1) · 2.
+const PRODUCT6: i128 = 420;
+
 #[test]
 fn depth_limit_is_enforced_and_real() {
     let (scheme, key) = owner();
@@ -184,7 +188,7 @@ fn depth_limit_is_enforced_and_real() {
         acc = scheme.mul(&acc, c).unwrap();
     }
     assert_eq!(acc.factors(), 6);
-    assert_eq!(key.decrypt(&acc), 3 * -2 * 5 * 7 * -1 * 2);
+    assert_eq!(key.decrypt(&acc), PRODUCT6);
     let err = scheme.mul(&acc, &cts[6]).unwrap_err();
     assert!(matches!(err, Error::LimitExceeded(_)), "{err}");
     assert!(err.to_string().contains("depth limit"), "{err}");
@@ -194,7 +198,7 @@ fn depth_limit_is_enforced_and_real() {
     let b = raw.to_bytes_be();
     bytes[256 - b.len()..].copy_from_slice(&b);
     let forged = scheme.ciphertext_from_bytes(&bytes).unwrap();
-    assert_ne!(key.decrypt(&forged), 3 * -2 * 5 * 7 * -1 * 2 * 3);
+    assert_ne!(key.decrypt(&forged), PRODUCT6 * 3);
 }
 
 #[test]
@@ -408,7 +412,7 @@ fn malformed_replies_are_rejected() {
     let (_, _, reply, plan) = sealed_fixture(3);
     let rows = [leaf(0), leaf(1)];
     let ok = scheme.open(key, &(), &reply, &plan, &rows).unwrap();
-    assert_eq!(ok, vec![3 * 4, 3 * 1]);
+    assert_eq!(ok, vec![12, 3]);
     for len in [0, 4, 5, 9, reply.len() - 1] {
         let e = scheme
             .open(key, &(), &reply[..len], &plan, &rows)

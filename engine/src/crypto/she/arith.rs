@@ -84,6 +84,7 @@ impl ModArith for BigArith {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

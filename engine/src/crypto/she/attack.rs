@@ -132,6 +132,8 @@ pub fn recover_l(p: &BigUint, known: &[(&BigUint, i128)], k2: u32) -> Result<Big
 
 /// Exact integral LLL (Cohen Alg. 2.6.7) on the rows of `b`, in place, with
 /// `δ = delta_num / delta_den ∈ (1/4, 1]`. The rows must be linearly independent.
+// Index loops mirror Cohen's 1-based pseudocode, which is the reference for checking this code.
+#[allow(clippy::needless_range_loop)]
 pub fn lll_reduce(b: &mut [Vec<BigInt>], delta_num: u32, delta_den: u32) -> Result<()> {
     let n = b.len();
     if n == 0 {
@@ -216,6 +218,7 @@ pub fn lll_reduce(b: &mut [Vec<BigInt>], delta_num: u32, delta_den: u32) -> Resu
 }
 
 /// SWAP(k) of Cohen Alg. 2.6.7.
+#[allow(clippy::needless_range_loop)]
 fn swap(b: &mut [Vec<BigInt>], d: &mut [BigInt], lam: &mut [Vec<BigInt>], k: usize, k_max: usize) {
     b.swap(k - 1, k - 2);
     for j in 1..k - 1 {
@@ -238,6 +241,7 @@ pub fn norm2(v: &[BigInt]) -> BigInt {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

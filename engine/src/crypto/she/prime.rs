@@ -109,6 +109,7 @@ pub(crate) fn random_prime(rng: &mut impl RngCore, bits: u32, rounds: u32) -> Bi
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
