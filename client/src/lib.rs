@@ -1,1 +1,270 @@
-//! placeholder
+//! The doctor's client: opens a session with a QR access token and proof of possession, runs the
+//! engine's query state machine over HTTP, and opens results and payloads with the key bundle.
+//! Secrets (device key, bundle, session key, the query) never leave this process.
+
+use std::time::{Duration, Instant};
+
+use blindkd_engine::owner::{BundleEntry, OpenedPayload};
+use blindkd_engine::protocol::{new_query_client, BatchPolicy, QueryClient, QueryKind, QueryStats, Step};
+use blindkd_engine::token::DeviceKey;
+use serde::{Deserialize, Serialize};
+
+/// A client error: the server's `{code, message}`, transport trouble, or a local engine error.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server refused with a stable code.
+    #[error("server refused ({code}, HTTP {status}): {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Stable code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// Could not reach the server or read its answer.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// Local engine error (bad input, wrong key, corrupt reply).
+    #[error(transparent)]
+    Engine(#[from] blindkd_engine::Error),
+}
+
+impl ClientError {
+    /// The server's code, if any.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// An open session.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Session {
+    /// Bearer session id.
+    pub session: String,
+    /// Index id (hex).
+    pub index_id: String,
+    /// Classes the token allows.
+    pub classes: Vec<String>,
+    /// kNN allowed.
+    pub knn: bool,
+    /// Range allowed.
+    pub range: bool,
+    /// Largest k.
+    pub max_k: u32,
+    /// Largest radius.
+    pub max_radius: f64,
+    /// Query budget.
+    pub budget: u32,
+}
+
+/// One result row as the doctor sees it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ResultRow {
+    /// Rank (1-based).
+    pub rank: usize,
+    /// Class.
+    pub class: String,
+    /// Opaque record id (hex).
+    pub record_id: String,
+    /// Exact squared distance on the encoded integers.
+    pub d2: u128,
+    /// Distance in user units.
+    pub distance: f64,
+    /// The opened payload, when fetched.
+    pub payload: Option<OpenedPayload>,
+}
+
+/// A finished query.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueryOutcome {
+    /// Results in order.
+    pub results: Vec<ResultRow>,
+    /// Statistics.
+    pub stats: QueryStats,
+    /// Wall time, ms.
+    pub elapsed_ms: f64,
+}
+
+/// HTTP client for one server.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    retries: u32,
+}
+
+#[derive(Deserialize)]
+struct ApiErrorBody {
+    code: String,
+    message: String,
+}
+
+impl Client {
+    /// A client for `base` (e.g. `http://127.0.0.1:8700`).
+    pub fn new(base: &str) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            retries: 20,
+        })
+    }
+
+    async fn send(&self, rb: impl Fn() -> reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let mut delay = Duration::from_millis(50);
+        for attempt in 0.. {
+            let resp = rb().send().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+            if resp.status().is_success() {
+                return Ok(resp);
+            }
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.unwrap_or_default();
+            let (code, message) = match serde_json::from_slice::<ApiErrorBody>(&body) {
+                Ok(b) => (b.code, b.message),
+                Err(_) => ("unknown".into(), String::from_utf8_lossy(&body).into_owned()),
+            };
+            // Back-pressure: retry `overloaded` with bounded exponential backoff.
+            if code == "overloaded" && attempt < self.retries {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            return Err(ClientError::Api { status, code, message });
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Opens a session: fetches a nonce, signs it with the device key (proof of possession).
+    pub async fn open_session(&self, token_text: &str, device: &DeviceKey) -> Result<Session> {
+        #[derive(Deserialize)]
+        struct N {
+            nonce: String,
+        }
+        let n: N = self
+            .send(|| self.http.post(format!("{}/v1/nonces", self.base)))
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let nonce = hex::decode(&n.nonce).map_err(|e| ClientError::Transport(e.to_string()))?;
+        let pop = device.sign_pop(&nonce, token_text);
+        let body = serde_json::json!({ "token": token_text, "nonce": n.nonce, "pop": hex::encode(pop) });
+        self.send(|| self.http.post(format!("{}/v1/sessions", self.base)).json(&body))
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    async fn post_bin(&self, url: &str, session: &Session, body: Vec<u8>) -> Result<(Vec<u8>, Option<String>)> {
+        let resp = self
+            .send(|| {
+                self.http
+                    .post(url)
+                    .bearer_auth(&session.session)
+                    .header("content-type", "application/octet-stream")
+                    .body(body.clone())
+            })
+            .await?;
+        let qid = resp
+            .headers()
+            .get("bkd-query-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok((bytes.to_vec(), qid))
+    }
+
+    /// Runs one query end to end. `vector` is in user units; it is encoded with the bundle's schema
+    /// and never leaves this process in the clear.
+    pub async fn query(
+        &self,
+        session: &Session,
+        entry: &BundleEntry,
+        kind: QueryKind,
+        vector: &[f64],
+        classes: Vec<String>,
+        fetch_payloads: bool,
+    ) -> Result<QueryOutcome> {
+        let t = Instant::now();
+        let q = entry.schema.encode(vector)?;
+        let entry_scheme = entry.scheme.clone();
+        let _ = entry_scheme;
+        let mut client = new_query_client(entry, kind, &q, classes, BatchPolicy::default())?;
+        let (c, start) = blocking(client, |c| c.start_request()).await?;
+        client = c;
+        let base = format!("{}/v1/indexes/{}/queries", self.base, session.index_id);
+        let (reply, qid) = self.post_bin(&base, session, start).await?;
+        let qid = qid.ok_or_else(|| ClientError::Transport("reply without a query id".into()))?;
+        let (c, mut step) = blocking(client, move |c| c.on_start(&reply)).await?;
+        client = c;
+        while let Step::Blocks(req) = step {
+            let (reply, _) = self.post_bin(&format!("{base}/{qid}/blocks"), session, req).await?;
+            let (c, s) = blocking(client, move |c| c.on_blocks(&reply)).await?;
+            client = c;
+            step = s;
+        }
+        // Free the server's state; failure here does not affect the answer.
+        let _ = self
+            .http
+            .delete(format!("{base}/{qid}"))
+            .bearer_auth(&session.session)
+            .send()
+            .await;
+        let hits = client.results();
+        let mut results = Vec::with_capacity(hits.len());
+        for (i, h) in hits.iter().enumerate() {
+            let payload = if fetch_payloads {
+                let url = format!(
+                    "{}/v1/indexes/{}/records/{:016x}/payload",
+                    self.base, session.index_id, h.record_id
+                );
+                let bytes = self
+                    .send(|| self.http.get(&url).bearer_auth(&session.session))
+                    .await?
+                    .bytes()
+                    .await
+                    .map_err(|e| ClientError::Transport(e.to_string()))?;
+                Some(client.open_payload(&h.class, h.record_id, &bytes)?)
+            } else {
+                None
+            };
+            results.push(ResultRow {
+                rank: i + 1,
+                class: h.class.clone(),
+                record_id: format!("{:016x}", h.record_id),
+                d2: h.d2,
+                distance: entry.schema.decode_distance(h.d2),
+                payload,
+            });
+        }
+        Ok(QueryOutcome {
+            results,
+            stats: client.stats().clone(),
+            elapsed_ms: t.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
+/// Runs client-side crypto off the async executor.
+async fn blocking<T: Send + 'static>(
+    mut c: Box<dyn QueryClient>,
+    f: impl FnOnce(&mut dyn QueryClient) -> blindkd_engine::Result<T> + Send + 'static,
+) -> Result<(Box<dyn QueryClient>, T)> {
+    tokio::task::spawn_blocking(move || {
+        let r = f(c.as_mut());
+        r.map(|v| (c, v))
+    })
+    .await
+    .map_err(|e| ClientError::Transport(e.to_string()))?
+    .map_err(ClientError::from)
+}

@@ -368,6 +368,9 @@ pub struct BuildOptions<'a> {
     pub leaf_size: usize,
     /// Called with the number of records sealed so far.
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// The index id; `None` draws a random one. (paper-she derives its key from it, so its caller
+    /// fixes the id before setting the scheme up.)
+    pub index_id: Option<IndexId>,
 }
 
 /// AAD binding a payload to its index, class and record id.
@@ -439,8 +442,11 @@ pub fn build_index<S: ClientScheme>(
     }
     let cap = scheme.block_capacity();
     let leaf_size = opts.leaf_size.clamp(1, cap);
-    let mut index_id = [0u8; 16];
-    rand::rng().fill_bytes(&mut index_id);
+    let index_id = opts.index_id.unwrap_or_else(|| {
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        id
+    });
     let weights = schema.weights();
 
     let mut by_class: BTreeMap<&str, Vec<usize>> = BTreeMap::new();

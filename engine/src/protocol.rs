@@ -165,9 +165,30 @@ pub trait HostedIndex: Send + Sync {
         self: Arc<Self>,
         access: &Access,
         req: &[u8],
-    ) -> Result<(Box<dyn QueryHandle>, Vec<u8>)>;
+    ) -> Result<Started>;
     /// A payload, if the record's class is allowed.
     fn payload(&self, access: &Access, record_id: u64) -> Result<Vec<u8>>;
+}
+
+/// The result of round 1 on the server.
+pub struct Started {
+    /// The live query, for rounds 2….
+    pub handle: Box<dyn QueryHandle>,
+    /// Reply bytes for the client.
+    pub reply: Vec<u8>,
+    /// What the server learned, for audit and metrics.
+    pub info: StartInfo,
+}
+
+/// What round 1 tells the server (all of it is leakage listed in SECURITY.md).
+#[derive(Clone, Debug)]
+pub struct StartInfo {
+    /// Kind and parameter.
+    pub kind: QueryKind,
+    /// Classes searched.
+    pub classes: Vec<String>,
+    /// Pivot blocks evaluated.
+    pub pivot_blocks: u32,
 }
 
 /// A live query on the server: the decoded query and what it may still touch.
@@ -223,7 +244,7 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
         self: Arc<Self>,
         access: &Access,
         req: &[u8],
-    ) -> Result<(Box<dyn QueryHandle>, Vec<u8>)> {
+    ) -> Result<Started> {
         use rayon::prelude::*;
         let t = Instant::now();
         let req: StartRequest =
@@ -312,13 +333,25 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
         };
         let bytes =
             postcard::to_allocvec(&reply).map_err(|e| Error::malformed("start reply", e))?;
+        let info = StartInfo {
+            kind: req.kind,
+            classes: classes
+                .iter()
+                .map(|&c| self.index.classes[c as usize].class.clone())
+                .collect(),
+            pivot_blocks: reply.classes.iter().map(|c| c.pivot_replies.len() as u32).sum(),
+        };
         let live = Live {
             hosted: self,
             query,
             classes,
             evaluated: 0,
         };
-        Ok((Box::new(live), bytes))
+        Ok(Started {
+            handle: Box::new(live),
+            reply: bytes,
+            info,
+        })
     }
 
     fn payload(&self, access: &Access, record_id: u64) -> Result<Vec<u8>> {
@@ -580,8 +613,9 @@ mod client {
         client: &mut dyn QueryClient,
     ) -> Result<Vec<Hit>> {
         let req = client.start_request()?;
-        let (mut live, reply) = index.clone().start(access, &req)?;
-        let mut step = client.on_start(&reply)?;
+        let started = index.clone().start(access, &req)?;
+        let mut live = started.handle;
+        let mut step = client.on_start(&started.reply)?;
         while let Step::Blocks(req) = step {
             let reply = live.blocks(limits, &req)?;
             step = client.on_blocks(&reply)?;

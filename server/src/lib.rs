@@ -1,1 +1,187 @@
-//! placeholder
+//! The blindkd query server: hosts masked indexes blind and runs the engine's query protocol over
+//! HTTP (DESIGN §6). Built **without** the engine's key-holding `client` feature: nothing here can
+//! name a secret key type, decrypt, or unmask.
+//!
+//! Layering: `routes` (HTTP only) → `auth` (tokens → sessions → [`auth::Pass`]) → the engine's
+//! [`HostedIndex`] / [`QueryHandle`] state machines.
+
+pub mod audit;
+pub mod auth;
+pub mod error;
+pub mod metrics;
+mod routes;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blindkd_engine::index::{id_hex, IndexId};
+use blindkd_engine::protocol::{HostedIndex, Limits};
+use blindkd_engine::token::Issuers;
+
+pub use error::ApiError;
+
+/// Server limits. Every one is enforced and returns its own error code.
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    /// Largest body of a query-start request (the sealed query: ~2 MB at d = 10 for mlhe).
+    pub max_query_body: usize,
+    /// Largest body of any other request.
+    pub max_small_body: usize,
+    /// Session lifetime.
+    pub session_ttl: Duration,
+    /// Query lifetime (between rounds).
+    pub query_ttl: Duration,
+    /// Sessions one token may open.
+    pub max_sessions_per_token: u32,
+    /// Queries evaluating at once; beyond it requests get 429 `overloaded` (back-pressure).
+    pub max_concurrent: usize,
+    /// Live queries held in memory in total.
+    pub max_live_queries: usize,
+    /// Per-query block limits.
+    pub blocks: Limits,
+    /// Request timeout (slow bodies included).
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_query_body: 16 << 20,
+            max_small_body: 64 << 10,
+            session_ttl: Duration::from_secs(15 * 60),
+            query_ttl: Duration::from_secs(120),
+            max_sessions_per_token: 16,
+            max_concurrent: 4,
+            max_live_queries: 256,
+            blocks: Limits::default(),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Server configuration.
+pub struct ServerConfig {
+    /// Index files to host.
+    pub indexes: Vec<PathBuf>,
+    /// Pinned issuer keys.
+    pub issuers: Issuers,
+    /// Revocation list (one hex `cti` per line); re-read when it changes.
+    pub revoked: Option<PathBuf>,
+    /// Audit log file (JSON lines). Audit lines also go to the `audit` tracing target.
+    pub audit: Option<PathBuf>,
+    /// Limits.
+    pub limits: ServerLimits,
+}
+
+/// Shared server state.
+pub struct AppState {
+    pub(crate) indexes: HashMap<IndexId, Arc<dyn HostedIndex>>,
+    pub(crate) auth: auth::Auth,
+    pub(crate) limits: ServerLimits,
+    pub(crate) metrics: metrics::Metrics,
+    pub(crate) audit: audit::Audit,
+    pub(crate) gate: Arc<tokio::sync::Semaphore>,
+    pub(crate) queries: auth::Queries,
+}
+
+impl AppState {
+    /// Loads and validates every index (fully, before serving) and builds the state.
+    pub fn new(cfg: ServerConfig) -> anyhow::Result<Arc<Self>> {
+        let mut indexes = HashMap::new();
+        for p in &cfg.indexes {
+            let idx = blindkd_engine::protocol::open_index(p)
+                .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", p.display()))?;
+            let id = idx.header().index_id;
+            tracing::info!(
+                index = %id_hex(&id),
+                path = %p.display(),
+                scheme = %idx.header().scheme.id(),
+                records = idx.header().records,
+                "index loaded"
+            );
+            if indexes.insert(id, idx).is_some() {
+                anyhow::bail!("index {} is given twice", id_hex(&id));
+            }
+        }
+        Self::from_indexes(indexes, cfg.issuers, cfg.revoked, cfg.audit, cfg.limits)
+    }
+
+    /// Builds the state from indexes already in memory (tests).
+    pub fn from_indexes(
+        indexes: HashMap<IndexId, Arc<dyn HostedIndex>>,
+        issuers: Issuers,
+        revoked: Option<PathBuf>,
+        audit: Option<PathBuf>,
+        limits: ServerLimits,
+    ) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(AppState {
+            indexes,
+            auth: auth::Auth::new(issuers, revoked),
+            gate: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            limits,
+            metrics: metrics::Metrics::default(),
+            audit: audit::Audit::open(audit)?,
+            queries: auth::Queries::default(),
+        }))
+    }
+
+    /// The audit lines written so far (kept in memory too, for `demo` and tests).
+    pub fn audit_lines(&self) -> Vec<String> {
+        self.audit.lines()
+    }
+}
+
+/// The router (HTTP shell around the engine).
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    routes::router(state)
+}
+
+/// Serves until `shutdown` resolves; returns once in-flight requests have drained.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+/// Entry point for `blindkd serve` and the `blindkd-server` binary.
+pub async fn run(cfg: ServerConfig, listen: SocketAddr) -> anyhow::Result<()> {
+    let state = AppState::new(cfg)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    serve(listener, state, shutdown_signal()).await
+}

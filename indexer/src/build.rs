@@ -1,0 +1,182 @@
+//! Index building: dataset → schema → encoded records → sealed index, written atomically.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use blindkd_engine::crypto::mlhe::Mlhe;
+use blindkd_engine::crypto::plain::Plain;
+use blindkd_engine::crypto::SchemeId;
+use blindkd_engine::encoding::Schema;
+use blindkd_engine::index::{id_hex, write_atomic, SchemeParams};
+use blindkd_engine::owner::{build_index, BuildOptions, IndexRecord, OwnerKey, OwnerRecord};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::dataset::Dataset;
+use crate::schema::{build_schema, encode_all, suggest_scale, Scaling};
+
+/// Default bit budget per encoded coordinate.
+pub const DEFAULT_BITS: u32 = 16;
+
+/// What to build.
+pub struct IndexJob {
+    /// Scheme.
+    pub scheme: SchemeId,
+    /// Scaling; `None` picks the largest power-of-ten scale that fits the bit budget.
+    pub scaling: Option<Scaling>,
+    /// Bit budget.
+    pub bits: u32,
+    /// Column weights.
+    pub weights: Option<Vec<u32>>,
+    /// Records per leaf block; `None` = the scheme's block capacity.
+    pub leaf_size: Option<usize>,
+    /// Output file.
+    pub out: PathBuf,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What was built (printed by `blindkd index`, `--json` too).
+#[derive(Debug, Serialize)]
+pub struct IndexReport {
+    /// Index id (hex): the token audience.
+    pub index_id: String,
+    /// Output file.
+    pub path: String,
+    /// Scheme.
+    pub scheme: String,
+    /// Records indexed.
+    pub records: usize,
+    /// Rows skipped for missing cells.
+    pub rows_skipped_missing: usize,
+    /// Feature columns.
+    pub columns: Vec<String>,
+    /// Classes and their record counts.
+    pub classes: Vec<(String, usize)>,
+    /// Distance unit: a distance of 1.0 in results equals this many encoded units.
+    pub distance_scale: f64,
+    /// Seconds spent sealing (tree + masks + payloads).
+    pub build_seconds: f64,
+    /// Seconds spent writing.
+    pub write_seconds: f64,
+    /// File size.
+    pub file_bytes: u64,
+}
+
+/// Builds the schema (with the job's scaling) and the index, writes it atomically, and records the
+/// index in the owner key (the caller saves the key).
+pub fn build(owner: &mut OwnerKey, ds: &Dataset, job: &IndexJob) -> anyhow::Result<(IndexReport, Vec<u64>)> {
+    if job.scheme == SchemeId::Plain {
+        tracing::warn!("scheme `plain` stores vectors in the clear: use it only for testing and benchmarks");
+    }
+    let scaling = match &job.scaling {
+        Some(s) => s.clone(),
+        None => Scaling::Uniform(suggest_scale(ds, job.bits)),
+    };
+    let schema = build_schema(ds, &scaling, job.bits, job.weights.as_deref())?;
+    let encoded = encode_all(ds, &schema)?;
+    let records: Vec<OwnerRecord> = ds
+        .records
+        .iter()
+        .zip(encoded)
+        .map(|(r, x)| OwnerRecord {
+            id: r.id.clone(),
+            class: r.class.clone(),
+            x,
+            payload: r.payload.clone(),
+        })
+        .collect();
+    let name = job
+        .out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "index".into());
+    let t = Instant::now();
+    let bar = if job.progress {
+        let b = ProgressBar::new(records.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template("sealing {bar:40} {pos}/{len} records  {per_sec}  ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let progress = |n: u64| bar.set_position(n);
+    let (bytes, record, ids) = seal(owner, job.scheme, &name, &schema, &records, job.leaf_size, &progress)?;
+    bar.finish_and_clear();
+    let build_seconds = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    write_atomic(&job.out, &bytes).with_context(|| format!("writing {}", job.out.display()))?;
+    let write_seconds = t.elapsed().as_secs_f64();
+    let mut classes: Vec<(String, usize)> = Vec::new();
+    for r in &records {
+        match classes.iter_mut().find(|(c, _)| c == &r.class) {
+            Some((_, n)) => *n += 1,
+            None => classes.push((r.class.clone(), 1)),
+        }
+    }
+    classes.sort();
+    let report = IndexReport {
+        index_id: id_hex(&record.index_id),
+        path: job.out.display().to_string(),
+        scheme: job.scheme.to_string(),
+        records: records.len(),
+        rows_skipped_missing: ds.report.rows_skipped_missing,
+        columns: schema.column_names().iter().map(|s| s.to_string()).collect(),
+        classes,
+        distance_scale: schema.distance_scale,
+        build_seconds,
+        write_seconds,
+        file_bytes: bytes.len() as u64,
+    };
+    owner.indexes.retain(|r| r.name != record.name);
+    owner.indexes.push(record);
+    Ok((report, ids))
+}
+
+/// Seals records into index file bytes for any scheme.
+pub fn seal(
+    owner: &OwnerKey,
+    scheme: SchemeId,
+    name: &str,
+    schema: &Schema,
+    records: &[OwnerRecord],
+    leaf_size: Option<usize>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<(Vec<u8>, IndexRecord, Vec<u64>)> {
+    let mut index_id = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut index_id);
+    macro_rules! go {
+        ($s:expr, $params:expr, $default_leaf:expr) => {{
+            let s = $s;
+            let opts = BuildOptions {
+                leaf_size: leaf_size.unwrap_or($default_leaf),
+                progress: Some(progress),
+                index_id: Some(index_id),
+            };
+            let out = build_index(&s, $params, owner, name, schema, records, &opts)?;
+            (out.to_file_bytes()?, out.record, out.record_ids)
+        }};
+    }
+    Ok(match scheme {
+        SchemeId::Plain => go!(Plain::new(), SchemeParams::Plain, 1024),
+        SchemeId::Mlhe => {
+            let m = Mlhe::new()?;
+            let p = SchemeParams::Mlhe(m.params());
+            go!(m, p, blindkd_engine::crypto::mlhe::DEGREE)
+        }
+        #[cfg(feature = "paper-she")]
+        SchemeId::PaperShe => {
+            let class_key = owner.class_key(SchemeId::PaperShe, "");
+            let (s, _key) = blindkd_engine::crypto::she::PaperShe::setup(&class_key, &index_id)?;
+            let p = SchemeParams::PaperShe(s.param_bytes()?);
+            go!(s, p, 256)
+        }
+        #[cfg(not(feature = "paper-she"))]
+        SchemeId::PaperShe => bail!("this build has no `paper-she` support (cargo feature `paper-she`)"),
+        #[allow(unreachable_patterns)]
+        other => bail!("unsupported scheme {other}"),
+    })
+}

@@ -1,0 +1,358 @@
+//! HTTP routes: a thin shell over the engine's protocol (DESIGN §6). JSON for control, binary
+//! (`application/octet-stream`) bodies for ciphertexts.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use blindkd_engine::index::{id_hex, parse_id};
+use blindkd_engine::protocol::QueryKind;
+use serde::{Deserialize, Serialize};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{LiveQuery, Pass};
+use crate::metrics::Metrics;
+use crate::{ApiError, AppState};
+
+/// Header carrying the query id in a round-1 reply.
+pub const QUERY_ID_HEADER: &str = "bkd-query-id";
+const OCTET: &str = "application/octet-stream";
+
+/// How long a request may wait for an evaluation slot before 429.
+const QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// Most requests waiting for a slot; beyond it, 429 at once.
+const MAX_WAITING: usize = 256;
+
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Clone, Default)]
+struct Ids;
+
+impl MakeRequestId for Ids {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let mut b = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
+        HeaderValue::from_str(&hex::encode(b)).ok().map(RequestId::new)
+    }
+}
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let timeout = state.limits.request_timeout;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/nonces", post(nonce))
+        .route("/v1/sessions", post(open_session))
+        .route("/v1/indexes/{id}/queries", post(start_query))
+        .route("/v1/indexes/{id}/queries/{qid}/blocks", post(blocks))
+        .route("/v1/indexes/{id}/queries/{qid}", delete(end_query))
+        .route("/v1/indexes/{id}/records/{rid}/payload", get(payload))
+        .fallback(|| async { ApiError::new("not_found", "no such endpoint") })
+        // Bodies are read by `read_body` with per-route limits and JSON errors.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout + Duration::from_secs(5)))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(Ids))
+        .with_state(state)
+}
+
+async fn healthz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok", "indexes": s.indexes.len() }))
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    let in_flight = s.limits.max_concurrent.saturating_sub(s.gate.available_permits());
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(s.auth.session_count(), s.queries.count(), in_flight),
+    )
+}
+
+/// Reads a body with a size limit, a content type and a deadline (slow bodies time out).
+async fn read_body(s: &AppState, req: Request, limit: usize, content_type: &str) -> Result<Bytes, ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with(content_type) {
+        return Err(ApiError::new("wrong_content_type", format!("expected Content-Type: {content_type}")));
+    }
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        if len > limit as u64 {
+            return Err(ApiError::new("body_too_large", format!("body of {len} bytes exceeds {limit}")));
+        }
+    }
+    match tokio::time::timeout(s.limits.request_timeout, axum::body::to_bytes(req.into_body(), limit)).await {
+        Err(_) => Err(ApiError::new("timeout", "the request body arrived too slowly")),
+        Ok(Err(_)) => Err(ApiError::new("body_too_large", format!("body exceeds {limit} bytes or was cut off"))),
+        Ok(Ok(b)) => Ok(b),
+    }
+}
+
+fn err(s: &AppState, e: ApiError) -> ApiError {
+    Metrics::add(&s.metrics.errors, 1);
+    e
+}
+
+#[derive(Serialize)]
+struct NonceReply {
+    nonce: String,
+}
+
+async fn nonce(State(s): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
+    let n = s.auth.nonce().map_err(|e| err(&s, e))?;
+    Ok(axum::Json(NonceReply { nonce: hex::encode(n) }))
+}
+
+#[derive(Deserialize)]
+struct SessionRequest {
+    token: String,
+    nonce: String,
+    #[serde(default)]
+    pop: String,
+}
+
+#[derive(Serialize)]
+struct SessionReply {
+    session: String,
+    index_id: String,
+    classes: Vec<String>,
+    knn: bool,
+    range: bool,
+    max_k: u32,
+    max_radius: f64,
+    budget: u32,
+}
+
+async fn open_session(State(s): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let body = read_body(&s, req, s.limits.max_small_body, "application/json")
+        .await
+        .map_err(|e| err(&s, e))?;
+    let r: SessionRequest = serde_json::from_slice(&body)
+        .map_err(|e| err(&s, ApiError::new("malformed_body", format!("session request: {e}"))))?;
+    let nonce = hex::decode(&r.nonce).unwrap_or_default();
+    let pop = hex::decode(&r.pop).unwrap_or_default();
+    let ids: Vec<_> = s.indexes.keys().copied().collect();
+    match s.auth.open_session(&ids, &r.token, &nonce, &pop, &s.limits) {
+        Ok(opened) => {
+            Metrics::add(&s.metrics.sessions_opened, 1);
+            let c = &opened.claims;
+            s.audit.record(
+                "session_opened",
+                serde_json::json!({
+                    "sub": c.sub, "iss": c.iss, "cti": hex::encode(c.cti), "aud": c.aud,
+                    "classes": c.scope.classes, "exp": c.exp,
+                }),
+            );
+            Ok(axum::Json(SessionReply {
+                session: opened.session,
+                index_id: c.aud.clone(),
+                classes: c.scope.classes.clone(),
+                knn: c.scope.kinds.contains(&blindkd_engine::token::QueryKind::Knn),
+                range: c.scope.kinds.contains(&blindkd_engine::token::QueryKind::Range),
+                max_k: c.scope.max_k,
+                max_radius: c.scope.max_radius,
+                budget: c.scope.budget,
+            })
+            .into_response())
+        }
+        Err(e) => {
+            Metrics::add(&s.metrics.sessions_refused, 1);
+            // The token is not trusted here: log only what identifies it, never its contents.
+            let cti = blindkd_engine::token::decode_unverified(&r.token)
+                .map(|c| hex::encode(c.cti))
+                .unwrap_or_default();
+            s.audit.record("session_refused", serde_json::json!({ "reason": e.code, "cti": cti }));
+            Err(err(&s, e))
+        }
+    }
+}
+
+fn authorize(s: &AppState, headers: &HeaderMap, id: &str) -> Result<Pass, ApiError> {
+    let pass = s
+        .auth
+        .authorize(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))?;
+    let id = parse_id(id).map_err(|_| ApiError::new("unknown_index", "malformed index id"))?;
+    if !s.indexes.contains_key(&id) {
+        return Err(ApiError::new("unknown_index", "no such index"));
+    }
+    if pass.index_id() != &id {
+        return Err(ApiError::new("wrong_audience", "the session is for another index"));
+    }
+    Ok(pass)
+}
+
+/// Waits (bounded) for an evaluation slot: back-pressure instead of collapse.
+async fn slot(s: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    if let Ok(p) = s.gate.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    if WAITING.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING {
+        WAITING.fetch_sub(1, Ordering::SeqCst);
+        Metrics::add(&s.metrics.overloaded, 1);
+        return Err(ApiError::new("overloaded", "server busy; retry after a second"));
+    }
+    let r = tokio::time::timeout(QUEUE_WAIT, s.gate.clone().acquire_owned()).await;
+    WAITING.fetch_sub(1, Ordering::SeqCst);
+    match r {
+        Ok(Ok(p)) => Ok(p),
+        _ => {
+            Metrics::add(&s.metrics.overloaded, 1);
+            Err(ApiError::new("overloaded", "server busy; retry after a second"))
+        }
+    }
+}
+
+fn binary(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, OCTET)], bytes).into_response()
+}
+
+async fn start_query(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
+    let body = read_body(&s, req, s.limits.max_query_body, OCTET).await.map_err(|e| err(&s, e))?;
+    s.auth.charge_query(&pass).map_err(|e| {
+        s.audit.record("query_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
+        err(&s, e)
+    })?;
+    let index = s.indexes[pass.index_id()].clone();
+    let permit = slot(&s).await.map_err(|e| err(&s, e))?;
+    let t = Instant::now();
+    let access = pass.access().clone();
+    let started = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        index.start(&access, &body)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let started = match started {
+        Ok(v) => v,
+        Err(e) => {
+            let e = ApiError::from(e);
+            s.audit.record("query_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
+            return Err(err(&s, e));
+        }
+    };
+    let micros = t.elapsed().as_micros() as u64;
+    Metrics::add(&s.metrics.queries_started, 1);
+    Metrics::add(&s.metrics.pivot_blocks, started.info.pivot_blocks as u64);
+    Metrics::add(&s.metrics.eval_micros, micros);
+    let kind = match started.info.kind {
+        QueryKind::Knn { .. } => "knn",
+        QueryKind::Range { .. } => "range",
+    };
+    // LEAKAGE: the server records kind, k/radius, classes, block counts and timing per query.
+    let (k, radius) = match started.info.kind {
+        QueryKind::Knn { k } => (Some(k), None),
+        QueryKind::Range { radius } => (None, Some(radius)),
+    };
+    let qid = s
+        .queries
+        .insert(
+            LiveQuery {
+                handle: started.handle,
+                session: pass.session_id(),
+                index_id: *pass.index_id(),
+                expires: Instant::now() + s.limits.query_ttl,
+                kind,
+            },
+            s.limits.max_live_queries,
+        )
+        .map_err(|e| err(&s, e))?;
+    s.audit.record(
+        "query_started",
+        serde_json::json!({
+            "sub": pass.subject(), "session": pass.session_hex(), "index": id_hex(pass.index_id()),
+            "query": &qid[..8], "kind": kind, "k": k, "radius": radius, "classes": started.info.classes,
+            "pivot_blocks": started.info.pivot_blocks, "micros": micros,
+        }),
+    );
+    let mut resp = binary(started.reply);
+    if let Ok(v) = HeaderValue::from_str(&qid) {
+        resp.headers_mut().insert(QUERY_ID_HEADER, v);
+    }
+    Ok(resp)
+}
+
+async fn blocks(
+    State(s): State<Arc<AppState>>,
+    Path((id, qid)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
+    let body = read_body(&s, req, s.limits.max_small_body, OCTET).await.map_err(|e| err(&s, e))?;
+    let q = s.queries.get(&pass, &qid).map_err(|e| err(&s, e))?;
+    let permit = slot(&s).await.map_err(|e| err(&s, e))?;
+    let limits = s.limits.blocks;
+    let t = Instant::now();
+    let q2 = q.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut g = q2.blocking_lock();
+        let before = g.handle.blocks_evaluated();
+        let r = g.handle.blocks(&limits, &body);
+        (r, g.handle.blocks_evaluated() - before, g.kind)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let (reply, n, kind) = res;
+    let micros = t.elapsed().as_micros() as u64;
+    match reply {
+        Ok(bytes) => {
+            Metrics::add(&s.metrics.leaf_blocks, n as u64);
+            Metrics::add(&s.metrics.eval_micros, micros);
+            // LEAKAGE: which leaf blocks (count here; ids in the request) each round asks for.
+            s.audit.record(
+                "blocks",
+                serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "query": &qid[..qid.len().min(8)], "kind": kind, "blocks": n, "micros": micros }),
+            );
+            Ok(binary(bytes))
+        }
+        Err(e) => {
+            let e = ApiError::from(e);
+            s.audit.record("blocks_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
+            Err(err(&s, e))
+        }
+    }
+}
+
+async fn end_query(
+    State(s): State<Arc<AppState>>,
+    Path((id, qid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let pass = authorize(&s, &headers, &id).map_err(|e| err(&s, e))?;
+    s.queries.get(&pass, &qid).map_err(|e| err(&s, e))?;
+    s.queries.remove(&qid);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn payload(
+    State(s): State<Arc<AppState>>,
+    Path((id, rid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let pass = authorize(&s, &headers, &id).map_err(|e| err(&s, e))?;
+    let rid = u64::from_str_radix(&rid, 16).map_err(|_| err(&s, ApiError::new("unknown_record", "malformed record id")))?;
+    match s.indexes[pass.index_id()].payload(pass.access(), rid) {
+        Ok(bytes) => {
+            Metrics::add(&s.metrics.payloads, 1);
+            // LEAKAGE: which records' payloads a doctor fetches (the result set's ids).
+            s.audit.record("payload", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "record": format!("{rid:016x}") }));
+            Ok(binary(bytes))
+        }
+        Err(e) => Err(err(&s, ApiError::from(e))),
+    }
+}
