@@ -16,3 +16,11 @@ pub const CLASS_KEY: &str = "blindkd 2026-11 class key";
 pub const BUNDLE_SEAL: &str = "blindkd 2026-11 bundle seal";
 /// Proof-of-possession signature context.
 pub const POP_CONTEXT: &[u8] = b"blindkd 2026-11 session pop v1";
+/// Ed25519 (proof-of-possession) secret of a doctor's device, from the device seed.
+pub const DEVICE_ED25519: &str = "blindkd 2026-11 device ed25519 key";
+/// X25519 (bundle sealing) secret of a doctor's device, from the device seed.
+pub const DEVICE_X25519: &str = "blindkd 2026-11 device x25519 key";
+/// Hash of an access token's text, bound into the proof-of-possession message.
+pub const TOKEN_HASH: &str = "blindkd 2026-11 access token hash";
+/// Checksum of a device key file.
+pub const DEVICE_KEY_FILE: &str = "blindkd 2026-11 device key file checksum";

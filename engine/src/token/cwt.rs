@@ -1,0 +1,314 @@
+//! The signed token: CWT claims in a COSE_Sign1, Base45 behind [`TOKEN_PREFIX`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use coset::cwt::ClaimsSet;
+use coset::{
+    iana, CborSerializable, CoseSign1, RegisteredLabelWithPrivate, TaggedCborSerializable,
+};
+use ed25519_dalek::{Signature, VerifyingKey};
+
+use super::claims::Claims;
+use super::{canonical_text, codes, refuse, CLOCK_SKEW_SECS, MAX_TOKEN_CHARS, TOKEN_PREFIX};
+use crate::{Error, Result};
+
+/// The text prefix of an [`IssuerPublic`].
+const ISSUER_PUBLIC_PREFIX: &str = "bkd-issuer:";
+
+/// An issuer's (hospital's) Ed25519 token-verification key. Text form `bkd-issuer:<64 hex>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IssuerPublic([u8; 32]);
+
+impl IssuerPublic {
+    /// Wraps 32 bytes, refusing those that are not an Ed25519 point.
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self> {
+        VerifyingKey::from_bytes(&bytes).map_err(|e| Error::malformed("issuer public key", e))?;
+        Ok(IssuerPublic(bytes))
+    }
+
+    /// The 32 key bytes.
+    pub fn to_bytes(self) -> [u8; 32] {
+        self.0
+    }
+
+    fn verifying_key(&self) -> Result<VerifyingKey> {
+        VerifyingKey::from_bytes(&self.0).map_err(|e| Error::malformed("issuer public key", e))
+    }
+}
+
+impl fmt::Display for IssuerPublic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{ISSUER_PUBLIC_PREFIX}{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for IssuerPublic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IssuerPublic({self})")
+    }
+}
+
+impl FromStr for IssuerPublic {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let hex_part = s.trim().strip_prefix(ISSUER_PUBLIC_PREFIX).ok_or_else(|| {
+            Error::malformed(
+                "issuer public key",
+                format!("expected the prefix {ISSUER_PUBLIC_PREFIX}"),
+            )
+        })?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut bytes)
+            .map_err(|e| Error::malformed("issuer public key", e))?;
+        IssuerPublic::from_bytes(bytes)
+    }
+}
+
+/// The pinned issuer keys a verifier trusts, by issuer name (the token's `kid` and `iss`).
+#[derive(Clone, Debug, Default)]
+pub struct Issuers {
+    keys: BTreeMap<String, IssuerPublic>,
+}
+
+impl Issuers {
+    /// No trusted issuers: every token is refused as `unknown_issuer`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Pins `key` for issuer `name`, replacing any key pinned for that name before.
+    pub fn insert(&mut self, name: impl Into<String>, key: IssuerPublic) {
+        self.keys.insert(name.into(), key);
+    }
+
+    /// The key pinned for `name`.
+    pub fn get(&self, name: &str) -> Option<&IssuerPublic> {
+        self.keys.get(name)
+    }
+
+    /// All pinned issuers, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &IssuerPublic)> {
+        self.keys.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// How many issuers are pinned.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no issuer is pinned.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+impl<S: Into<String>> FromIterator<(S, IssuerPublic)> for Issuers {
+    fn from_iter<I: IntoIterator<Item = (S, IssuerPublic)>>(iter: I) -> Self {
+        Issuers {
+            keys: iter.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+        }
+    }
+}
+
+/// Decodes a token's claims **without checking its signature or times**, for display only
+/// (`token show`). Never base an access decision on the result; use [`verify`].
+pub fn decode_unverified(text: &str) -> Result<Claims> {
+    let parsed = parse(text)?;
+    claims_of(&parsed)
+}
+
+/// Verifies a token and returns its claims.
+///
+/// Checks, in order, each failure giving its own [`crate::Error::Token`] code: the format
+/// (`malformed_token`), the issuer named by `kid` is pinned in `issuers` (`unknown_issuer`), the
+/// Ed25519 signature under that pinned key (`bad_signature`), `iss` equals `kid`
+/// (`bad_signature`: the signer vouched for another name), `exp` (`expired`), `nbf` and `iat`
+/// (`not_yet_valid`), each with [`CLOCK_SKEW_SECS`] of tolerance, and `aud` equals `audience`
+/// (`wrong_audience`).
+///
+/// It does not check revocation, proof of possession or the scope of a request.
+pub fn verify(text: &str, issuers: &Issuers, now_unix: i64, audience: &str) -> Result<Claims> {
+    let parsed = parse(text)?;
+    let key = issuers.get(&parsed.kid).ok_or_else(|| {
+        refuse(
+            codes::UNKNOWN_ISSUER,
+            format!("issuer {:?} is not pinned", parsed.kid),
+        )
+    })?;
+    let verifying_key = key.verifying_key()?;
+    parsed
+        .sign1
+        .verify_signature(b"", |sig, tbs| {
+            let sig = Signature::from_slice(sig).map_err(|_| ())?;
+            verifying_key.verify_strict(tbs, &sig).map_err(|_| ())
+        })
+        .map_err(|()| {
+            refuse(
+                codes::BAD_SIGNATURE,
+                format!(
+                    "signature does not verify under the key pinned for {:?}",
+                    parsed.kid
+                ),
+            )
+        })?;
+    let claims = claims_of(&parsed)?;
+    if claims.iss != parsed.kid {
+        return Err(refuse(
+            codes::BAD_SIGNATURE,
+            format!("iss {:?} differs from kid {:?}", claims.iss, parsed.kid),
+        ));
+    }
+    if now_unix >= claims.exp.saturating_add(CLOCK_SKEW_SECS) {
+        return Err(refuse(
+            codes::EXPIRED,
+            format!("expired at {} (now {now_unix})", claims.exp),
+        ));
+    }
+    let starts = claims.nbf.max(claims.iat);
+    if now_unix < starts.saturating_sub(CLOCK_SKEW_SECS) {
+        return Err(refuse(
+            codes::NOT_YET_VALID,
+            format!("valid from {starts} (now {now_unix})"),
+        ));
+    }
+    if claims.aud != audience {
+        return Err(refuse(
+            codes::WRONG_AUDIENCE,
+            format!("token is for {:?}, not {audience:?}", claims.aud),
+        ));
+    }
+    Ok(claims)
+}
+
+struct Parsed {
+    sign1: CoseSign1,
+    kid: String,
+}
+
+fn parse(text: &str) -> Result<Parsed> {
+    let malformed = |detail: String| refuse(codes::MALFORMED_TOKEN, detail);
+    let text = canonical_text(text);
+    if text.len() > MAX_TOKEN_CHARS {
+        return Err(malformed(format!(
+            "token is longer than {MAX_TOKEN_CHARS} characters"
+        )));
+    }
+    let body = text
+        .strip_prefix(TOKEN_PREFIX)
+        .ok_or_else(|| malformed(format!("token must start with {TOKEN_PREFIX}")))?;
+    let bytes = base45::decode(body).map_err(|e| malformed(format!("bad Base45: {e}")))?;
+    let sign1 = CoseSign1::from_tagged_slice(&bytes)
+        .map_err(|e| malformed(format!("not a tagged COSE_Sign1: {e}")))?;
+    let header = &sign1.protected.header;
+    if header.alg != Some(RegisteredLabelWithPrivate::Assigned(iana::Algorithm::EdDSA)) {
+        return Err(malformed("protected alg must be EdDSA".into()));
+    }
+    if !header.crit.is_empty() || !sign1.unprotected.is_empty() {
+        return Err(malformed(
+            "unexpected crit or unprotected header parameters".into(),
+        ));
+    }
+    let kid = String::from_utf8(header.key_id.clone())
+        .map_err(|_| malformed("kid must be UTF-8".into()))?;
+    if kid.is_empty() {
+        return Err(malformed("protected kid missing".into()));
+    }
+    if sign1.payload.is_none() {
+        return Err(malformed("payload missing".into()));
+    }
+    Ok(Parsed { sign1, kid })
+}
+
+fn claims_of(parsed: &Parsed) -> Result<Claims> {
+    let payload = parsed.sign1.payload.as_deref().unwrap_or_default();
+    let set = ClaimsSet::from_slice(payload)
+        .map_err(|e| refuse(codes::MALFORMED_TOKEN, format!("bad CWT claims: {e}")))?;
+    Claims::from_cwt(set)
+}
+
+#[cfg(feature = "client")]
+pub use issuing::{issue, IssuerKey};
+
+#[cfg(feature = "client")]
+mod issuing {
+    use coset::{CoseSign1Builder, HeaderBuilder};
+    use ed25519_dalek::{Signer, SigningKey};
+    use rand::RngCore;
+    use zeroize::Zeroizing;
+
+    use super::*;
+
+    /// An issuer's (hospital's) Ed25519 token-signing key.
+    ///
+    /// Not `Clone`, not `Serialize`; zeroized on drop; `Debug` shows only the public key.
+    pub struct IssuerKey {
+        signing: SigningKey,
+    }
+
+    impl IssuerKey {
+        /// The key from its 32 secret bytes.
+        pub fn from_bytes(secret: &[u8; 32]) -> Self {
+            IssuerKey {
+                signing: SigningKey::from_bytes(secret),
+            }
+        }
+
+        /// A fresh random key.
+        pub fn random() -> Self {
+            let mut secret = Zeroizing::new([0u8; 32]);
+            rand::rng().fill_bytes(secret.as_mut());
+            Self::from_bytes(&secret)
+        }
+
+        /// The 32 secret bytes, for storing in the owner key.
+        pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
+            Zeroizing::new(self.signing.to_bytes())
+        }
+
+        /// The verification key to pin at servers.
+        pub fn public(&self) -> IssuerPublic {
+            IssuerPublic(self.signing.verifying_key().to_bytes())
+        }
+    }
+
+    impl fmt::Debug for IssuerKey {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("IssuerKey")
+                .field("public", &self.public())
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// Signs `claims` into token text `BKD1:…`, with `kid` = `claims.iss`.
+    ///
+    /// Refuses claims that fail [`Claims::validate`].
+    pub fn issue(key: &IssuerKey, claims: &Claims) -> Result<String> {
+        claims.validate()?;
+        let payload = claims
+            .to_cwt()
+            .to_vec()
+            .map_err(|e| Error::Crypto(format!("encoding CWT claims: {e}")))?;
+        let protected = HeaderBuilder::new()
+            .algorithm(iana::Algorithm::EdDSA)
+            .key_id(claims.iss.as_bytes().to_vec())
+            .build();
+        let sign1 = CoseSign1Builder::new()
+            .protected(protected)
+            .payload(payload)
+            .create_signature(b"", |tbs| key.signing.sign(tbs).to_bytes().to_vec())
+            .build();
+        let bytes = sign1
+            .to_tagged_vec()
+            .map_err(|e| Error::Crypto(format!("encoding COSE_Sign1: {e}")))?;
+        let text = format!("{TOKEN_PREFIX}{}", base45::encode(&bytes));
+        if text.len() > MAX_TOKEN_CHARS {
+            return Err(Error::LimitExceeded(format!(
+                "token would be {} characters, over {MAX_TOKEN_CHARS}; shorten names or classes",
+                text.len()
+            )));
+        }
+        Ok(text)
+    }
+}

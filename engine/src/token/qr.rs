@@ -1,0 +1,274 @@
+//! Rendering tokens as QR codes (alphanumeric mode, ECC level Q) and scanning them back.
+
+use std::io::Cursor;
+
+use std::panic::AssertUnwindSafe;
+
+use image::{imageops, DynamicImage, GrayImage, ImageFormat, ImageReader, Limits, Luma};
+use qrcode::bits::Bits;
+use qrcode::{EcLevel, QrCode, Version};
+
+use super::TOKEN_PREFIX;
+use crate::{Error, Result};
+
+/// Largest image file accepted by [`scan_qr`], in bytes.
+const MAX_IMAGE_BYTES: usize = 64 << 20;
+/// Largest image side accepted by [`scan_qr`], in pixels.
+const MAX_IMAGE_SIDE: u32 = 12_000;
+/// Most memory the image decoder may allocate.
+const MAX_IMAGE_ALLOC: u64 = 512 << 20;
+/// Largest module size [`render_qr_png`] draws, in pixels.
+const MAX_MODULE_PX: u32 = 64;
+
+/// The QR version (1–40) `text` renders at: alphanumeric mode, ECC level Q.
+pub fn qr_version(text: &str) -> Result<u8> {
+    let code = encode(text)?;
+    match code.version() {
+        Version::Normal(v) => {
+            u8::try_from(v).map_err(|_| Error::InvalidInput("bad QR version".into()))
+        }
+        Version::Micro(_) => Err(Error::InvalidInput("unexpected micro QR".into())),
+    }
+}
+
+/// Renders `text` as a PNG QR code with `module_px` pixels per module and the standard
+/// four-module quiet zone. `text` must be QR-alphanumeric (every `BKD1:` token is).
+pub fn render_qr_png(text: &str, module_px: u32) -> Result<Vec<u8>> {
+    if module_px == 0 || module_px > MAX_MODULE_PX {
+        return Err(Error::InvalidInput(format!(
+            "module size must be 1..={MAX_MODULE_PX} pixels"
+        )));
+    }
+    let code = encode(text)?;
+    let img = code
+        .render::<Luma<u8>>()
+        .quiet_zone(true)
+        .module_dimensions(module_px, module_px)
+        .build();
+    let mut png = Vec::new();
+    DynamicImage::ImageLuma8(img)
+        .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+        .map_err(|e| Error::InvalidInput(format!("encoding PNG: {e}")))?;
+    Ok(png)
+}
+
+/// Renders `text` as an SVG QR code (quiet zone included). `text` must be QR-alphanumeric.
+pub fn render_qr_svg(text: &str) -> Result<String> {
+    let code = encode(text)?;
+    Ok(code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .quiet_zone(true)
+        .min_dimensions(256, 256)
+        .build())
+}
+
+/// Finds a `BKD1:` token in a PNG or JPEG image (a screenshot or a photograph of the QR code)
+/// and returns its text. Other QR codes in the image are ignored.
+pub fn scan_qr(image_bytes: &[u8]) -> Result<String> {
+    let what = "QR image";
+    if image_bytes.len() > MAX_IMAGE_BYTES {
+        return Err(Error::LimitExceeded(format!(
+            "image of {} bytes exceeds {MAX_IMAGE_BYTES}",
+            image_bytes.len()
+        )));
+    }
+    let mut reader = ImageReader::new(Cursor::new(image_bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::malformed(what, e))?;
+    match reader.format() {
+        Some(ImageFormat::Png | ImageFormat::Jpeg) => {}
+        _ => return Err(Error::malformed(what, "not a PNG or JPEG image")),
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_ALLOC);
+    reader.limits(limits);
+    let gray = reader
+        .decode()
+        .map_err(|e| Error::malformed(what, e))?
+        .into_luma8();
+    scan_gray(&normalize_size(gray))
+}
+
+/// Images are scanned at a longest side between these bounds, in pixels: small renders are
+/// enlarged (the detector needs several pixels per module) and large photographs shrunk.
+const SCAN_MIN_SIDE: u32 = 600;
+const SCAN_MAX_SIDE: u32 = 2400;
+
+fn normalize_size(gray: GrayImage) -> GrayImage {
+    let (w, h) = gray.dimensions();
+    let longest = w.max(h).max(1);
+    if longest < SCAN_MIN_SIDE {
+        let k = SCAN_MIN_SIDE.div_ceil(longest).min(16);
+        imageops::resize(&gray, w * k, h * k, imageops::FilterType::Triangle)
+    } else if longest > SCAN_MAX_SIDE {
+        let (nw, nh) = (
+            (u64::from(w) * u64::from(SCAN_MAX_SIDE) / u64::from(longest)).max(1) as u32,
+            (u64::from(h) * u64::from(SCAN_MAX_SIDE) / u64::from(longest)).max(1) as u32,
+        );
+        imageops::resize(&gray, nw, nh, imageops::FilterType::Triangle)
+    } else {
+        gray
+    }
+}
+
+/// What the scan of one binarisation found.
+enum Attempt {
+    Token(String),
+    NoGrid,
+    Problem(String),
+}
+
+/// Tries the detector's own adaptive threshold first, then a global (Otsu) and a local-mean
+/// threshold of our own: the detector's threshold loses thin white rings around finder
+/// patterns once the edges are blurred, as in photographs.
+fn scan_gray(gray: &GrayImage) -> Result<String> {
+    let what = "QR image";
+    let (w, h) = (gray.width() as usize, gray.height() as usize);
+    let mut problem = None;
+    for strategy in 0..3 {
+        let attempt = guarded(|| {
+            let prepared = match strategy {
+                // rqrr only asks for coordinates inside the w×h it was given.
+                0 => rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| {
+                    gray.get_pixel(x as u32, y as u32)[0]
+                }),
+                1 => {
+                    let t = otsu_threshold(gray);
+                    rqrr::PreparedImage::prepare_from_bitmap(w, h, |x, y| {
+                        gray.get_pixel(x as u32, y as u32)[0] <= t
+                    })
+                }
+                _ => {
+                    let dark = local_mean_dark(gray);
+                    rqrr::PreparedImage::prepare_from_bitmap(w, h, |x, y| dark[y * w + x])
+                }
+            };
+            let mut prepared = prepared;
+            let grids = prepared.detect_grids();
+            if grids.is_empty() {
+                return Attempt::NoGrid;
+            }
+            let mut problem = String::new();
+            for grid in grids {
+                match grid.decode() {
+                    Ok((_, content)) if content.starts_with(TOKEN_PREFIX) => {
+                        return Attempt::Token(content)
+                    }
+                    Ok(_) => problem = format!("the QR code found is not a {TOKEN_PREFIX} token"),
+                    Err(e) => problem = format!("a QR code was found but did not decode: {e}"),
+                }
+            }
+            Attempt::Problem(problem)
+        });
+        match attempt {
+            Attempt::Token(text) => return Ok(text),
+            Attempt::NoGrid => {}
+            Attempt::Problem(p) => problem = Some(p),
+        }
+    }
+    Err(Error::malformed(
+        what,
+        problem.unwrap_or_else(|| {
+            "no QR code found; photograph it flat, in focus, filling most of the frame".into()
+        }),
+    ))
+}
+
+/// Runs the QR detector, turning a panic inside it into a failed attempt.
+///
+/// rqrr 0.9 asserts on some degenerate grids (e.g. `scan >= 1` in its timing-pattern
+/// measurement) instead of returning an error; a bad image must not take the process down.
+/// This relies on unwinding (the default panic strategy); the panic message still reaches the
+/// panic hook.
+fn guarded(f: impl FnOnce() -> Attempt) -> Attempt {
+    std::panic::catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Attempt::Problem("the QR detector failed on this image".into()))
+}
+
+/// Otsu's global threshold: dark is `value <= threshold`.
+fn otsu_threshold(gray: &GrayImage) -> u8 {
+    let mut hist = [0u64; 256];
+    for p in gray.pixels() {
+        hist[usize::from(p[0])] += 1;
+    }
+    let total: u64 = hist.iter().sum();
+    let sum_all: f64 = hist
+        .iter()
+        .enumerate()
+        .map(|(v, &n)| v as f64 * n as f64)
+        .sum();
+    let (mut weight_bg, mut sum_bg) = (0u64, 0f64);
+    let (mut best, mut best_var) = (127u8, -1f64);
+    for (t, &n) in hist.iter().enumerate() {
+        weight_bg += n;
+        sum_bg += t as f64 * n as f64;
+        let weight_fg = total - weight_bg;
+        if weight_bg == 0 || weight_fg == 0 {
+            continue;
+        }
+        let mean_bg = sum_bg / weight_bg as f64;
+        let mean_fg = (sum_all - sum_bg) / weight_fg as f64;
+        let var = weight_bg as f64 * weight_fg as f64 * (mean_bg - mean_fg).powi(2);
+        if var > best_var {
+            best_var = var;
+            best = t as u8;
+        }
+    }
+    best
+}
+
+/// Local-mean threshold over a square window of an eighth of the longest side (an integral
+/// image): a pixel is dark when it is below 90 % of its neighbourhood's mean.
+fn local_mean_dark(gray: &GrayImage) -> Vec<bool> {
+    let (w, h) = (gray.width() as usize, gray.height() as usize);
+    let r = (w.max(h) / 16).max(7);
+    // Sums fit u64 easily: at most SCAN_MAX_SIDE² × 255.
+    let mut integral = vec![0u64; (w + 1) * (h + 1)];
+    for y in 0..h {
+        let mut row = 0u64;
+        for x in 0..w {
+            row += u64::from(gray.get_pixel(x as u32, y as u32)[0]);
+            integral[(y + 1) * (w + 1) + x + 1] = integral[y * (w + 1) + x + 1] + row;
+        }
+    }
+    let mut dark = vec![false; w * h];
+    for y in 0..h {
+        let (y0, y1) = (y.saturating_sub(r), (y + r + 1).min(h));
+        for x in 0..w {
+            let (x0, x1) = (x.saturating_sub(r), (x + r + 1).min(w));
+            let sum = integral[y1 * (w + 1) + x1] + integral[y0 * (w + 1) + x0]
+                - integral[y0 * (w + 1) + x1]
+                - integral[y1 * (w + 1) + x0];
+            let count = ((y1 - y0) * (x1 - x0)) as u64;
+            let v = u64::from(gray.get_pixel(x as u32, y as u32)[0]);
+            dark[y * w + x] = v * count * 10 < sum * 9;
+        }
+    }
+    dark
+}
+
+/// The QR code for `text`: alphanumeric mode, ECC level Q, the smallest version that fits.
+fn encode(text: &str) -> Result<QrCode> {
+    const ALPHANUMERIC: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:";
+    if text.is_empty() || !text.bytes().all(|b| ALPHANUMERIC.contains(&b)) {
+        return Err(Error::InvalidInput(
+            "only QR-alphanumeric text (a BKD1: token) is rendered".into(),
+        ));
+    }
+    for v in 1..=40 {
+        let mut bits = Bits::new(Version::Normal(v));
+        if bits.push_alphanumeric_data(text.as_bytes()).is_err()
+            || bits.push_terminator(EcLevel::Q).is_err()
+        {
+            continue;
+        }
+        return QrCode::with_bits(bits, EcLevel::Q)
+            .map_err(|e| Error::InvalidInput(format!("QR encoding: {e}")));
+    }
+    Err(Error::LimitExceeded(format!(
+        "{} characters do not fit a QR code at ECC level Q",
+        text.len()
+    )))
+}
