@@ -185,3 +185,76 @@ pub async fn run(cfg: ServerConfig, listen: SocketAddr) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     serve(listener, state, shutdown_signal()).await
 }
+
+/// Arguments of `blindkd serve` / `blindkd-server`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeCmd {
+    /// Index files to host (repeatable).
+    #[arg(long = "index", required = true)]
+    pub indexes: Vec<PathBuf>,
+    /// Pinned issuer public key file(s) (`hospital.pub`).
+    #[arg(long = "issuer", required = true)]
+    pub issuers: Vec<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8700")]
+    pub listen: SocketAddr,
+    /// Revocation list (hex token ids, one per line); re-read when it changes.
+    #[arg(long)]
+    pub revoked: Option<PathBuf>,
+    /// Append audit lines (JSON) to this file.
+    #[arg(long)]
+    pub audit: Option<PathBuf>,
+    /// Evaluations running at once (back-pressure beyond it).
+    #[arg(long, default_value_t = 4)]
+    pub max_concurrent: usize,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// Top-level arguments of the `blindkd-server` binary.
+#[derive(clap::Parser, Debug)]
+#[command(name = "blindkd-server", version, about = "blindkd query server: hosts masked indexes blind")]
+pub struct ServeArgs {
+    /// Server options.
+    #[command(flatten)]
+    pub serve: ServeCmd,
+}
+
+impl ServeCmd {
+    /// The configuration these arguments describe.
+    pub fn config(&self) -> anyhow::Result<ServerConfig> {
+        let mut issuers = Issuers::new();
+        for p in &self.issuers {
+            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+            blindkd_engine::token::parse_issuer_lines(&text, &mut issuers)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        }
+        Ok(ServerConfig {
+            indexes: self.indexes.clone(),
+            issuers,
+            revoked: self.revoked.clone(),
+            audit: self.audit.clone(),
+            limits: ServerLimits {
+                max_concurrent: self.max_concurrent.max(1),
+                ..ServerLimits::default()
+            },
+        })
+    }
+}
+
+/// Initialises logging (RUST_LOG, default info).
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { b.json().try_init() } else { b.try_init() };
+}
+
+/// Runs the server from parsed arguments (blocking; own runtime).
+pub fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.serve.log_json);
+    let cfg = args.serve.config()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(cfg, args.serve.listen))
+}

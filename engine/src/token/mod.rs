@@ -43,7 +43,9 @@ mod qr;
 #[cfg(feature = "client")]
 mod seal;
 
+mod issuer_file;
 pub use claims::{random_cti, Claims, QueryKind, Scope};
+pub use issuer_file::{issuer_line, parse_issuer_lines};
 pub use cwt::{decode_unverified, verify, IssuerPublic, Issuers};
 #[cfg(feature = "client")]
 pub use cwt::{issue, IssuerKey};
