@@ -20,6 +20,7 @@ pub enum QueryKind {
 }
 
 impl QueryKind {
+    #[cfg(feature = "client")]
     fn to_code(self) -> u8 {
         match self {
             QueryKind::Knn => 0,
@@ -159,6 +160,7 @@ impl Claims {
     }
 
     /// The CWT claims set. Assumes [`Claims::validate`] passed.
+    #[cfg(feature = "client")]
     pub(super) fn to_cwt(&self) -> ClaimsSet {
         let kinds = self
             .scope
