@@ -337,7 +337,12 @@ pub struct QueryArgs {
     #[arg(long)]
     pub range: Option<f64>,
     /// The patient's feature values, in schema column order.
-    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, required = true)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        required = true
+    )]
     pub vector: Vec<f64>,
     /// Restrict to these classes.
     #[arg(long, value_delimiter = ',')]
@@ -403,7 +408,9 @@ fn init_cli_logging() {
 }
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 pub(crate) fn now_unix() -> i64 {
@@ -428,9 +435,15 @@ fn keygen(a: &KeygenArgs) -> anyhow::Result<()> {
     owner.save(&a.out)?;
     let public = IssuerKey::from_bytes(owner.signing_seed()).public();
     let pubp = pub_path(&a.out);
-    blindkd_engine::index::write_atomic(&pubp, token::issuer_line(owner.issuer(), &public).as_bytes())?;
+    blindkd_engine::index::write_atomic(
+        &pubp,
+        token::issuer_line(owner.issuer(), &public).as_bytes(),
+    )?;
     println!("owner key: {} (mode 0600; keep it secret)", a.out.display());
-    println!("issuer public key: {} (give it to the query server)", pubp.display());
+    println!(
+        "issuer public key: {} (give it to the query server)",
+        pubp.display()
+    );
     Ok(())
 }
 
@@ -456,12 +469,16 @@ fn index(a: &IndexArgs) -> anyhow::Result<()> {
             SchemeId::PaperShe
         }
     };
-    let mut owner = OwnerKey::load(&a.key).with_context(|| format!("loading owner key {}", a.key.display()))?;
+    let mut owner =
+        OwnerKey::load(&a.key).with_context(|| format!("loading owner key {}", a.key.display()))?;
     let opts = LoadOptions {
         has_header: !a.no_header,
         skip_lines: a.skip_lines,
         delimiter: None,
-        columns: a.columns.as_ref().map(|c| c.iter().map(|s| sel(s)).collect()),
+        columns: a
+            .columns
+            .as_ref()
+            .map(|c| c.iter().map(|s| sel(s)).collect()),
         id_column: a.id_column.as_deref().map(sel),
         class: match (&a.class_column, &a.class) {
             (Some(c), _) => ClassSource::Column(sel(c)),
@@ -478,7 +495,9 @@ fn index(a: &IndexArgs) -> anyhow::Result<()> {
     let ds = blindkd_indexer::dataset::load(&a.input, &opts)
         .with_context(|| format!("reading {}", a.input.display()))?;
     let scaling = match (&a.normalize, a.scale) {
-        (Some(n), _) if n == "zscore" => Some(Scaling::ZScore { sigma_units: 1000.0 }),
+        (Some(n), _) if n == "zscore" => Some(Scaling::ZScore {
+            sigma_units: 1000.0,
+        }),
         (Some(n), _) => bail!("unknown normalisation `{n}` (supported: zscore)"),
         (None, Some(s)) => Some(Scaling::Uniform(s)),
         (None, None) => None,
@@ -498,15 +517,30 @@ fn index(a: &IndexArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("index {} written to {}", report.index_id, report.path);
-        println!("  scheme {}, {} records, {} columns, {} bytes", report.scheme, report.records, report.columns.len(), report.file_bytes);
+        println!(
+            "  scheme {}, {} records, {} columns, {} bytes",
+            report.scheme,
+            report.records,
+            report.columns.len(),
+            report.file_bytes
+        );
         if report.rows_skipped_missing > 0 {
-            println!("  skipped {} rows with missing cells", report.rows_skipped_missing);
+            println!(
+                "  skipped {} rows with missing cells",
+                report.rows_skipped_missing
+            );
         }
         for (c, n) in &report.classes {
             println!("  class {c}: {n} records");
         }
-        println!("  sealed in {:.2} s, written in {:.2} s", report.build_seconds, report.write_seconds);
-        println!("  the schema is recorded in {} (never in the index)", a.key.display());
+        println!(
+            "  sealed in {:.2} s, written in {:.2} s",
+            report.build_seconds, report.write_seconds
+        );
+        println!(
+            "  the schema is recorded in {} (never in the index)",
+            a.key.display()
+        );
     }
     Ok(())
 }
@@ -518,7 +552,11 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    println!("{}: blindkd index, format version {}", a.file.display(), s.format_version);
+    println!(
+        "{}: blindkd index, format version {}",
+        a.file.display(),
+        s.format_version
+    );
     println!("  index id     {}", s.index_id);
     println!("  scheme       {} ({})", s.scheme, s.params);
     println!("  dimension    {}", s.dim);
@@ -553,20 +591,34 @@ fn synth(a: &SynthArgs) -> anyhow::Result<()> {
     let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     write_csv(&spec, std::io::BufWriter::new(f))?;
     std::fs::rename(&tmp, &a.out)?;
-    println!("wrote {} records × {} dims to {}", a.n, a.dims, a.out.display());
+    println!(
+        "wrote {} records × {} dims to {}",
+        a.n,
+        a.dims,
+        a.out.display()
+    );
     Ok(())
 }
 
 fn device_key(a: &DeviceKeyArgs) -> anyhow::Result<()> {
     if a.out.exists() {
-        bail!("{} exists; refusing to overwrite a device key", a.out.display());
+        bail!(
+            "{} exists; refusing to overwrite a device key",
+            a.out.display()
+        );
     }
     let k = DeviceKey::random();
     write_secret_file(&a.out, &k.to_file_bytes())?;
     let p = pub_path(&a.out);
     blindkd_engine::index::write_atomic(&p, format!("{}\n", k.public()).as_bytes())?;
-    println!("device key: {} (mode 0600, stays on the device)", a.out.display());
-    println!("device public key: {} (give it to the hospital)", p.display());
+    println!(
+        "device key: {} (mode 0600, stays on the device)",
+        a.out.display()
+    );
+    println!(
+        "device public key: {} (give it to the hospital)",
+        p.display()
+    );
     Ok(())
 }
 
@@ -593,17 +645,22 @@ pub fn read_token(p: &Path) -> anyhow::Result<String> {
     if bytes.starts_with(token::TOKEN_PREFIX.as_bytes()) {
         return Ok(String::from_utf8_lossy(&bytes).trim().to_string());
     }
-    Ok(token::scan_qr(&bytes).with_context(|| format!("scanning the QR code in {}", p.display()))?)
+    Ok(token::scan_qr(&bytes)
+        .with_context(|| format!("scanning the QR code in {}", p.display()))?)
 }
 
 fn read_device_public(p: &Path) -> anyhow::Result<DevicePublic> {
     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    text.trim().parse().map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    text.trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
 }
 
 pub(crate) fn read_device(p: &Path) -> anyhow::Result<DeviceKey> {
     blindkd_engine::owner::check_private(p)?;
-    let b = zeroize::Zeroizing::new(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?);
+    let b = zeroize::Zeroizing::new(
+        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+    );
     Ok(DeviceKey::from_file_bytes(&b)?)
 }
 
@@ -613,7 +670,11 @@ pub fn issue_token(owner: &OwnerKey, a: &TokenIssueArgs) -> anyhow::Result<Strin
         .find_index(&a.audience)
         .ok_or_else(|| anyhow::anyhow!("no index `{}` was built with this key", a.audience))?;
     if let Some(c) = a.classes.iter().find(|c| !rec.classes.contains(c)) {
-        bail!("class `{c}` is not in index {} (classes: {})", rec.name, rec.classes.join(", "));
+        bail!(
+            "class `{c}` is not in index {} (classes: {})",
+            rec.name,
+            rec.classes.join(", ")
+        );
     }
     let kinds = a
         .kinds
@@ -643,7 +704,10 @@ pub fn issue_token(owner: &OwnerKey, a: &TokenIssueArgs) -> anyhow::Result<Strin
         },
         cnf: device.ed25519,
     };
-    Ok(token::issue(&IssuerKey::from_bytes(owner.signing_seed()), &claims)?)
+    Ok(token::issue(
+        &IssuerKey::from_bytes(owner.signing_seed()),
+        &claims,
+    )?)
 }
 
 fn token_issue(a: &TokenIssueArgs) -> anyhow::Result<()> {
@@ -651,7 +715,12 @@ fn token_issue(a: &TokenIssueArgs) -> anyhow::Result<()> {
     let text = issue_token(&owner, a)?;
     let png = token::render_qr_png(&text, 6)?;
     blindkd_engine::index::write_atomic(&a.out, &png)?;
-    println!("token QR: {} ({} bytes of token text, QR version {})", a.out.display(), text.len(), token::qr_version(&text)?);
+    println!(
+        "token QR: {} ({} bytes of token text, QR version {})",
+        a.out.display(),
+        text.len(),
+        token::qr_version(&text)?
+    );
     if a.svg {
         let p = a.out.with_extension("svg");
         blindkd_engine::index::write_atomic(&p, token::render_qr_svg(&text)?.as_bytes())?;
@@ -662,7 +731,10 @@ fn token_issue(a: &TokenIssueArgs) -> anyhow::Result<()> {
         blindkd_engine::index::write_atomic(&p, format!("{text}\n").as_bytes())?;
         println!("token text: {}", p.display());
     }
-    println!("a photographed QR alone is useless: sessions need the device key ({})", a.device.display());
+    println!(
+        "a photographed QR alone is useless: sessions need the device key ({})",
+        a.device.display()
+    );
     Ok(())
 }
 
@@ -681,7 +753,12 @@ fn token_show(a: &TokenShowArgs) -> anyhow::Result<()> {
         }
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "claims": claims, "verification": verdict }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "claims": claims, "verification": verdict })
+            )?
+        );
         return Ok(());
     }
     println!("issuer     {}", claims.iss);
@@ -690,7 +767,10 @@ fn token_show(a: &TokenShowArgs) -> anyhow::Result<()> {
     println!("valid      {} .. {} (unix)", claims.nbf, claims.exp);
     println!("token id   {}", hex::encode(claims.cti));
     println!("classes    {}", claims.scope.classes.join(", "));
-    println!("kinds      {:?}, max k {}, max radius {}, budget {}", claims.scope.kinds, claims.scope.max_k, claims.scope.max_radius, claims.scope.budget);
+    println!(
+        "kinds      {:?}, max k {}, max radius {}, budget {}",
+        claims.scope.kinds, claims.scope.max_k, claims.scope.max_radius, claims.scope.budget
+    );
     println!("device     {}", hex::encode(claims.cnf));
     println!("status     {verdict}");
     Ok(())
@@ -701,7 +781,10 @@ fn token_revoke(a: &TokenRevokeArgs) -> anyhow::Result<()> {
     let text = read_token(&a.token)?;
     let claims = token::decode_unverified(&text)?;
     let mut issuers = token::Issuers::new();
-    issuers.insert(owner.issuer(), IssuerKey::from_bytes(owner.signing_seed()).public());
+    issuers.insert(
+        owner.issuer(),
+        IssuerKey::from_bytes(owner.signing_seed()).public(),
+    );
     // Check the signature only; an expired token may still be revoked.
     match token::verify(&text, &issuers, claims.iat, &claims.aud) {
         Ok(_) => {}
@@ -709,13 +792,24 @@ fn token_revoke(a: &TokenRevokeArgs) -> anyhow::Result<()> {
     }
     let mut list = std::fs::read_to_string(&a.out).unwrap_or_default();
     let id = hex::encode(claims.cti);
-    if list.lines().any(|l| l.split_whitespace().next() == Some(id.as_str())) {
+    if list
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(id.as_str()))
+    {
         println!("token {id} is already revoked in {}", a.out.display());
         return Ok(());
     }
-    list.push_str(&format!("{id} # sub={} revoked_at={}\n", claims.sub, now_unix()));
+    list.push_str(&format!(
+        "{id} # sub={} revoked_at={}\n",
+        claims.sub,
+        now_unix()
+    ));
     blindkd_engine::index::write_atomic(&a.out, list.as_bytes())?;
-    println!("revoked token {id} (subject {}); servers re-read {} on the next session request", claims.sub, a.out.display());
+    println!(
+        "revoked token {id} (subject {}); servers re-read {} on the next session request",
+        claims.sub,
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -727,7 +821,12 @@ fn bundle_issue(a: &BundleIssueArgs) -> anyhow::Result<()> {
     blindkd_engine::index::write_atomic(&a.out, &sealed)?;
     for e in &bundle.entries {
         let classes: Vec<&str> = e.keys.iter().map(|(c, _)| c.as_str()).collect();
-        println!("index {} ({}): classes {}", e.name, blindkd_engine::index::id_hex(&e.index_id), classes.join(", "));
+        println!(
+            "index {} ({}): classes {}",
+            e.name,
+            blindkd_engine::index::id_hex(&e.index_id),
+            classes.join(", ")
+        );
     }
     println!("bundle sealed to the device key: {}", a.out.display());
     Ok(())
@@ -735,7 +834,8 @@ fn bundle_issue(a: &BundleIssueArgs) -> anyhow::Result<()> {
 
 pub(crate) fn open_bundle(path: &Path, device: &DeviceKey) -> anyhow::Result<Bundle> {
     let sealed = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let plain = token::open_sealed(device, &sealed).with_context(|| format!("opening {} with this device key", path.display()))?;
+    let plain = token::open_sealed(device, &sealed)
+        .with_context(|| format!("opening {} with this device key", path.display()))?;
     Ok(Bundle::from_bytes(&plain)?)
 }
 
@@ -758,7 +858,14 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
         let client = blindkd_client::Client::new(&a.server)?;
         let session = client.open_session(&text, &device).await?;
         client
-            .query(&session, entry, kind, &a.vector, a.classes.clone(), !a.no_payloads)
+            .query(
+                &session,
+                entry,
+                kind,
+                &a.vector,
+                a.classes.clone(),
+                !a.no_payloads,
+            )
             .await
     })?;
     if a.json {
@@ -791,13 +898,22 @@ pub fn json_outcome(out: &blindkd_client::QueryOutcome) -> serde_json::Value {
 
 /// Human form of an outcome.
 pub fn print_outcome(out: &blindkd_client::QueryOutcome) {
-    println!("{:>4}  {:<10} {:<12} {:>10}  payload", "rank", "record", "class", "distance");
+    println!(
+        "{:>4}  {:<10} {:<12} {:>10}  payload",
+        "rank", "record", "class", "distance"
+    );
     for r in &out.results {
         let (rec, fields) = match &r.payload {
-            Some(p) => (p.record.clone(), serde_json::Value::Object(p.fields.clone()).to_string()),
+            Some(p) => (
+                p.record.clone(),
+                serde_json::Value::Object(p.fields.clone()).to_string(),
+            ),
             None => (r.record_id.clone(), String::new()),
         };
-        println!("{:>4}  {:<10} {:<12} {:>10.4}  {}", r.rank, rec, r.class, r.distance, fields);
+        println!(
+            "{:>4}  {:<10} {:<12} {:>10.4}  {}",
+            r.rank, rec, r.class, r.distance, fields
+        );
     }
     let s = &out.stats;
     println!(

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use blindkd_engine::owner::{BundleEntry, OpenedPayload};
-use blindkd_engine::protocol::{new_query_client, BatchPolicy, QueryClient, QueryKind, QueryStats, Step};
+use blindkd_engine::protocol::{
+    new_query_client, BatchPolicy, QueryClient, QueryKind, QueryStats, Step,
+};
 use blindkd_engine::token::DeviceKey;
 use serde::{Deserialize, Serialize};
 
@@ -122,7 +124,10 @@ impl Client {
     async fn send(&self, rb: impl Fn() -> reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let mut delay = Duration::from_millis(50);
         for attempt in 0.. {
-            let resp = rb().send().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+            let resp = rb()
+                .send()
+                .await
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
             if resp.status().is_success() {
                 return Ok(resp);
             }
@@ -130,7 +135,10 @@ impl Client {
             let body = resp.bytes().await.unwrap_or_default();
             let (code, message) = match serde_json::from_slice::<ApiErrorBody>(&body) {
                 Ok(b) => (b.code, b.message),
-                Err(_) => ("unknown".into(), String::from_utf8_lossy(&body).into_owned()),
+                Err(_) => (
+                    "unknown".into(),
+                    String::from_utf8_lossy(&body).into_owned(),
+                ),
             };
             // Back-pressure: retry `overloaded` with bounded exponential backoff.
             if code == "overloaded" && attempt < self.retries {
@@ -138,7 +146,11 @@ impl Client {
                 delay = (delay * 2).min(Duration::from_secs(2));
                 continue;
             }
-            return Err(ClientError::Api { status, code, message });
+            return Err(ClientError::Api {
+                status,
+                code,
+                message,
+            });
         }
         unreachable!("the loop returns")
     }
@@ -157,15 +169,25 @@ impl Client {
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         let nonce = hex::decode(&n.nonce).map_err(|e| ClientError::Transport(e.to_string()))?;
         let pop = device.sign_pop(&nonce, token_text);
-        let body = serde_json::json!({ "token": token_text, "nonce": n.nonce, "pop": hex::encode(pop) });
-        self.send(|| self.http.post(format!("{}/v1/sessions", self.base)).json(&body))
-            .await?
-            .json()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))
+        let body =
+            serde_json::json!({ "token": token_text, "nonce": n.nonce, "pop": hex::encode(pop) });
+        self.send(|| {
+            self.http
+                .post(format!("{}/v1/sessions", self.base))
+                .json(&body)
+        })
+        .await?
+        .json()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))
     }
 
-    async fn post_bin(&self, url: &str, session: &Session, body: Vec<u8>) -> Result<(Vec<u8>, Option<String>)> {
+    async fn post_bin(
+        &self,
+        url: &str,
+        session: &Session,
+        body: Vec<u8>,
+    ) -> Result<(Vec<u8>, Option<String>)> {
         let resp = self
             .send(|| {
                 self.http
@@ -180,7 +202,10 @@ impl Client {
             .get("bkd-query-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
         Ok((bytes.to_vec(), qid))
     }
 
@@ -208,7 +233,9 @@ impl Client {
         let (c, mut step) = blocking(client, move |c| c.on_start(&reply)).await?;
         client = c;
         while let Step::Blocks(req) = step {
-            let (reply, _) = self.post_bin(&format!("{base}/{qid}/blocks"), session, req).await?;
+            let (reply, _) = self
+                .post_bin(&format!("{base}/{qid}/blocks"), session, req)
+                .await?;
             let (c, s) = blocking(client, move |c| c.on_blocks(&reply)).await?;
             client = c;
             step = s;

@@ -161,11 +161,7 @@ pub trait HostedIndex: Send + Sync {
     /// Class names in index order.
     fn class_names(&self) -> Vec<String>;
     /// Round 1: checks scope, decodes the query, evaluates every pivot block of the searched classes.
-    fn start(
-        self: Arc<Self>,
-        access: &Access,
-        req: &[u8],
-    ) -> Result<Started>;
+    fn start(self: Arc<Self>, access: &Access, req: &[u8]) -> Result<Started>;
     /// A payload, if the record's class is allowed.
     fn payload(&self, access: &Access, record_id: u64) -> Result<Vec<u8>>;
 }
@@ -240,11 +236,7 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
         self.index.classes.iter().map(|c| c.class.clone()).collect()
     }
 
-    fn start(
-        self: Arc<Self>,
-        access: &Access,
-        req: &[u8],
-    ) -> Result<Started> {
+    fn start(self: Arc<Self>, access: &Access, req: &[u8]) -> Result<Started> {
         use rayon::prelude::*;
         let t = Instant::now();
         let req: StartRequest =
@@ -339,7 +331,11 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
                 .iter()
                 .map(|&c| self.index.classes[c as usize].class.clone())
                 .collect(),
-            pivot_blocks: reply.classes.iter().map(|c| c.pivot_replies.len() as u32).sum(),
+            pivot_blocks: reply
+                .classes
+                .iter()
+                .map(|c| c.pivot_replies.len() as u32)
+                .sum(),
         };
         let live = Live {
             hosted: self,

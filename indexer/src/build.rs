@@ -66,9 +66,15 @@ pub struct IndexReport {
 
 /// Builds the schema (with the job's scaling) and the index, writes it atomically, and records the
 /// index in the owner key (the caller saves the key).
-pub fn build(owner: &mut OwnerKey, ds: &Dataset, job: &IndexJob) -> anyhow::Result<(IndexReport, Vec<u64>)> {
+pub fn build(
+    owner: &mut OwnerKey,
+    ds: &Dataset,
+    job: &IndexJob,
+) -> anyhow::Result<(IndexReport, Vec<u64>)> {
     if job.scheme == SchemeId::Plain {
-        tracing::warn!("scheme `plain` stores vectors in the clear: use it only for testing and benchmarks");
+        tracing::warn!(
+            "scheme `plain` stores vectors in the clear: use it only for testing and benchmarks"
+        );
     }
     let scaling = match &job.scaling {
         Some(s) => s.clone(),
@@ -96,15 +102,25 @@ pub fn build(owner: &mut OwnerKey, ds: &Dataset, job: &IndexJob) -> anyhow::Resu
     let bar = if job.progress {
         let b = ProgressBar::new(records.len() as u64);
         b.set_style(
-            ProgressStyle::with_template("sealing {bar:40} {pos}/{len} records  {per_sec}  ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "sealing {bar:40} {pos}/{len} records  {per_sec}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b
     } else {
         ProgressBar::hidden()
     };
     let progress = |n: u64| bar.set_position(n);
-    let (bytes, record, ids) = seal(owner, job.scheme, &name, &schema, &records, job.leaf_size, &progress)?;
+    let (bytes, record, ids) = seal(
+        owner,
+        job.scheme,
+        &name,
+        &schema,
+        &records,
+        job.leaf_size,
+        &progress,
+    )?;
     bar.finish_and_clear();
     let build_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
@@ -124,7 +140,11 @@ pub fn build(owner: &mut OwnerKey, ds: &Dataset, job: &IndexJob) -> anyhow::Resu
         scheme: job.scheme.to_string(),
         records: records.len(),
         rows_skipped_missing: ds.report.rows_skipped_missing,
-        columns: schema.column_names().iter().map(|s| s.to_string()).collect(),
+        columns: schema
+            .column_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         classes,
         distance_scale: schema.distance_scale,
         build_seconds,
@@ -175,7 +195,9 @@ pub fn seal(
             go!(s, p, 256)
         }
         #[cfg(not(feature = "paper-she"))]
-        SchemeId::PaperShe => bail!("this build has no `paper-she` support (cargo feature `paper-she`)"),
+        SchemeId::PaperShe => {
+            bail!("this build has no `paper-she` support (cargo feature `paper-she`)")
+        }
         #[allow(unreachable_patterns)]
         other => bail!("unsupported scheme {other}"),
     })

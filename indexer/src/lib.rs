@@ -7,6 +7,7 @@
 //! Key generation and index building sit on top of these (a `build` module, added separately).
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod dataset;
 pub mod schema;
 pub mod synth;

@@ -136,21 +136,34 @@ impl Auth {
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let mut set = HashSet::new();
-                for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                for line in text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                {
                     let hex_id = line.split_whitespace().next().unwrap_or("");
-                    match hex::decode(hex_id).ok().and_then(|v| <[u8; 16]>::try_from(v).ok()) {
+                    match hex::decode(hex_id)
+                        .ok()
+                        .and_then(|v| <[u8; 16]>::try_from(v).ok())
+                    {
                         Some(id) => {
                             set.insert(id);
                         }
-                        None => tracing::warn!(path = %path.display(), "ignoring a malformed revocation line"),
+                        None => {
+                            tracing::warn!(path = %path.display(), "ignoring a malformed revocation line")
+                        }
                     }
                 }
                 tracing::info!(path = %path.display(), revoked = set.len(), "revocation list loaded");
                 r.set = set;
                 r.modified = modified;
             }
-            // A missing list means nothing revoked yet; a list that vanished keeps the last set.
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "revocation list unreadable; keeping the last one"),
+            // No list yet: nothing revoked.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && r.modified.is_none() => {}
+            // A list that vanished or became unreadable keeps the last set.
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "revocation list unreadable; keeping the last one")
+            }
         }
         Ok(())
     }
@@ -169,23 +182,36 @@ impl Auth {
         let aud_id = blindkd_engine::index::parse_id(&unverified.aud)
             .ok()
             .filter(|id| index_ids.contains(id))
-            .ok_or_else(|| ApiError::new("wrong_audience", "the token is for an index this server does not host"))?;
+            .ok_or_else(|| {
+                ApiError::new(
+                    "wrong_audience",
+                    "the token is for an index this server does not host",
+                )
+            })?;
         let claims = token::verify(token_text, &self.issuers, now_unix(), &unverified.aud)?;
         self.reload_revocations()?;
         if lock(&self.revoked)?.set.contains(&claims.cti) {
             return Err(ApiError::new("revoked", "this token has been revoked"));
         }
         if pop.is_empty() {
-            return Err(ApiError::new("missing_pop", "a proof-of-possession signature is required"));
+            return Err(ApiError::new(
+                "missing_pop",
+                "a proof-of-possession signature is required",
+            ));
         }
         // The nonce must be one we issued and is consumed whatever the outcome.
-        let n: [u8; 32] = nonce
-            .try_into()
-            .map_err(|_| ApiError::new("unknown_nonce", "nonce must be 32 bytes from /v1/nonces"))?;
+        let n: [u8; 32] = nonce.try_into().map_err(|_| {
+            ApiError::new("unknown_nonce", "nonce must be 32 bytes from /v1/nonces")
+        })?;
         match lock(&self.nonces)?.remove(&n) {
             Some(exp) if exp > Instant::now() => {}
             Some(_) => return Err(ApiError::new("unknown_nonce", "the nonce expired")),
-            None => return Err(ApiError::new("replayed_nonce", "unknown or already used nonce")),
+            None => {
+                return Err(ApiError::new(
+                    "replayed_nonce",
+                    "unknown or already used nonce",
+                ))
+            }
         }
         token::verify_pop(&claims.cnf, nonce, token_text, pop)?;
         {
@@ -198,7 +224,10 @@ impl Auth {
                 exp: claims.exp,
             });
             if u.sessions >= limits.max_sessions_per_token {
-                return Err(ApiError::new("too_many_sessions", "this token opened its maximum number of sessions"));
+                return Err(ApiError::new(
+                    "too_many_sessions",
+                    "this token opened its maximum number of sessions",
+                ));
             }
             u.sessions += 1;
         }
@@ -224,7 +253,13 @@ impl Auth {
         let mut sessions = lock(&self.sessions)?;
         let now = Instant::now();
         sessions.retain(|_, s| s.expires > now);
-        sessions.insert(sid, Session { pass, expires: now + ttl });
+        sessions.insert(
+            sid,
+            Session {
+                pass,
+                expires: now + ttl,
+            },
+        );
         Ok(Opened {
             session: hex::encode(sid),
             claims,
@@ -233,7 +268,9 @@ impl Auth {
 
     /// Resolves `Authorization: Bearer <session>` into a [`Pass`].
     pub fn authorize(&self, header: Option<&str>) -> Result<Pass, ApiError> {
-        let h = header.ok_or_else(|| ApiError::new("unauthenticated", "missing Authorization: Bearer <session>"))?;
+        let h = header.ok_or_else(|| {
+            ApiError::new("unauthenticated", "missing Authorization: Bearer <session>")
+        })?;
         let sid = h
             .strip_prefix("Bearer ")
             .and_then(|s| hex::decode(s.trim()).ok())
@@ -244,7 +281,10 @@ impl Auth {
             .get(&sid)
             .ok_or_else(|| ApiError::new("unknown_session", "no such session"))?;
         if s.expires <= Instant::now() {
-            return Err(ApiError::new("session_expired", "the session expired; open a new one"));
+            return Err(ApiError::new(
+                "session_expired",
+                "the session expired; open a new one",
+            ));
         }
         if lock(&self.revoked)?.set.contains(&s.pass.cti) {
             return Err(ApiError::new("revoked", "this token has been revoked"));
@@ -260,7 +300,10 @@ impl Auth {
             .get_mut(&pass.cti)
             .ok_or_else(|| ApiError::new("unknown_session", "no usage record for this token"))?;
         if u.queries >= budget {
-            return Err(ApiError::new("budget_exhausted", "the token's query budget is used up"));
+            return Err(ApiError::new(
+                "budget_exhausted",
+                "the token's query budget is used up",
+            ));
         }
         u.queries += 1;
         Ok(())
@@ -299,7 +342,10 @@ impl Queries {
         let now = Instant::now();
         map.retain(|_, v| v.try_lock().map(|g| g.expires > now).unwrap_or(true));
         if map.len() >= max {
-            return Err(ApiError::new("overloaded", "too many live queries; retry shortly"));
+            return Err(ApiError::new(
+                "overloaded",
+                "too many live queries; retry shortly",
+            ));
         }
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
@@ -308,19 +354,27 @@ impl Queries {
     }
 
     /// Looks up a query owned by `pass`'s session.
-    pub fn get(&self, pass: &Pass, qid: &str) -> Result<std::sync::Arc<tokio::sync::Mutex<LiveQuery>>, ApiError> {
+    pub fn get(
+        &self,
+        pass: &Pass,
+        qid: &str,
+    ) -> Result<std::sync::Arc<tokio::sync::Mutex<LiveQuery>>, ApiError> {
         let id = hex::decode(qid)
             .ok()
             .and_then(|v| <[u8; 16]>::try_from(v).ok())
             .ok_or_else(|| ApiError::new("unknown_query", "malformed query id"))?;
         let map = lock(&self.map)?;
-        let q = map.get(&id).ok_or_else(|| ApiError::new("unknown_query", "no such query"))?;
+        let q = map
+            .get(&id)
+            .ok_or_else(|| ApiError::new("unknown_query", "no such query"))?;
         // Another session's query looks exactly like a missing one.
         match q.try_lock() {
             Ok(g) if g.session != pass.session || g.index_id != pass.index_id => {
                 return Err(ApiError::new("unknown_query", "no such query"))
             }
-            Ok(g) if g.expires <= Instant::now() => return Err(ApiError::new("unknown_query", "the query expired")),
+            Ok(g) if g.expires <= Instant::now() => {
+                return Err(ApiError::new("unknown_query", "the query expired"))
+            }
             _ => {}
         }
         Ok(q.clone())
@@ -328,7 +382,10 @@ impl Queries {
 
     /// Drops a query.
     pub fn remove(&self, qid: &str) {
-        if let Some(id) = hex::decode(qid).ok().and_then(|v| <[u8; 16]>::try_from(v).ok()) {
+        if let Some(id) = hex::decode(qid)
+            .ok()
+            .and_then(|v| <[u8; 16]>::try_from(v).ok())
+        {
             if let Ok(mut m) = self.map.lock() {
                 m.remove(&id);
             }

@@ -127,7 +127,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for (c, s) in CODES {
             assert!(seen.insert(c), "duplicate {c}");
-            assert!(c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'), "{c}");
+            assert!(
+                c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'),
+                "{c}"
+            );
             assert_eq!(ApiError::new(c, "").status.as_u16(), *s);
         }
     }

@@ -147,9 +147,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
-    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     tracing::info!("shut down cleanly");
     Ok(())
 }
@@ -214,7 +217,11 @@ pub struct ServeCmd {
 
 /// Top-level arguments of the `blindkd-server` binary.
 #[derive(clap::Parser, Debug)]
-#[command(name = "blindkd-server", version, about = "blindkd query server: hosts masked indexes blind")]
+#[command(
+    name = "blindkd-server",
+    version,
+    about = "blindkd query server: hosts masked indexes blind"
+)]
 pub struct ServeArgs {
     /// Server options.
     #[command(flatten)]
@@ -226,7 +233,8 @@ impl ServeCmd {
     pub fn config(&self) -> anyhow::Result<ServerConfig> {
         let mut issuers = Issuers::new();
         for p in &self.issuers {
-            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
             blindkd_engine::token::parse_issuer_lines(&text, &mut issuers)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
         }
@@ -247,14 +255,22 @@ impl ServeCmd {
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { b.json().try_init() } else { b.try_init() };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
 }
 
 /// Runs the server from parsed arguments (blocking; own runtime).
 pub fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.serve.log_json);
     let cfg = args.serve.config()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(cfg, args.serve.listen))
 }

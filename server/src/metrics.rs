@@ -36,24 +36,66 @@ impl Metrics {
     pub fn render(&self, sessions: usize, queries: usize, in_flight: usize) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP blindkd_{name} {help}\n# TYPE blindkd_{name} counter\nblindkd_{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP blindkd_{name} {help}\n# TYPE blindkd_{name} counter\nblindkd_{name} {v}"
+            );
         };
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        counter("sessions_opened_total", "Sessions opened.", g(&self.sessions_opened));
-        counter("sessions_refused_total", "Session requests refused.", g(&self.sessions_refused));
-        counter("queries_started_total", "Queries started.", g(&self.queries_started));
-        counter("pivot_blocks_evaluated_total", "Pivot blocks evaluated.", g(&self.pivot_blocks));
-        counter("leaf_blocks_evaluated_total", "Leaf blocks evaluated.", g(&self.leaf_blocks));
-        counter("payloads_served_total", "Sealed payloads served.", g(&self.payloads));
-        counter("overloaded_total", "Requests refused for back-pressure (429).", g(&self.overloaded));
+        counter(
+            "sessions_opened_total",
+            "Sessions opened.",
+            g(&self.sessions_opened),
+        );
+        counter(
+            "sessions_refused_total",
+            "Session requests refused.",
+            g(&self.sessions_refused),
+        );
+        counter(
+            "queries_started_total",
+            "Queries started.",
+            g(&self.queries_started),
+        );
+        counter(
+            "pivot_blocks_evaluated_total",
+            "Pivot blocks evaluated.",
+            g(&self.pivot_blocks),
+        );
+        counter(
+            "leaf_blocks_evaluated_total",
+            "Leaf blocks evaluated.",
+            g(&self.leaf_blocks),
+        );
+        counter(
+            "payloads_served_total",
+            "Sealed payloads served.",
+            g(&self.payloads),
+        );
+        counter(
+            "overloaded_total",
+            "Requests refused for back-pressure (429).",
+            g(&self.overloaded),
+        );
         counter("errors_total", "Error responses.", g(&self.errors));
-        counter("eval_seconds_total", "Seconds spent in homomorphic evaluation (integer).", g(&self.eval_micros) / 1_000_000);
+        counter(
+            "eval_seconds_total",
+            "Seconds spent in homomorphic evaluation (integer).",
+            g(&self.eval_micros) / 1_000_000,
+        );
         let mut gauge = |name: &str, help: &str, v: usize| {
-            let _ = writeln!(out, "# HELP blindkd_{name} {help}\n# TYPE blindkd_{name} gauge\nblindkd_{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP blindkd_{name} {help}\n# TYPE blindkd_{name} gauge\nblindkd_{name} {v}"
+            );
         };
         gauge("sessions_live", "Live sessions.", sessions);
         gauge("queries_live", "Live queries.", queries);
-        gauge("evaluations_in_flight", "Evaluations running now.", in_flight);
+        gauge(
+            "evaluations_in_flight",
+            "Evaluations running now.",
+            in_flight,
+        );
         out
     }
 }

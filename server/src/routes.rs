@@ -14,7 +14,9 @@ use axum::Router;
 use blindkd_engine::index::{id_hex, parse_id};
 use blindkd_engine::protocol::QueryKind;
 use serde::{Deserialize, Serialize};
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{LiveQuery, Pass};
@@ -39,7 +41,9 @@ impl MakeRequestId for Ids {
     fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
         let mut b = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
-        HeaderValue::from_str(&hex::encode(b)).ok().map(RequestId::new)
+        HeaderValue::from_str(&hex::encode(b))
+            .ok()
+            .map(RequestId::new)
     }
 }
 
@@ -57,7 +61,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { ApiError::new("not_found", "no such endpoint") })
         // Bodies are read by `read_body` with per-route limits and JSON errors.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout + Duration::from_secs(5)))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout + Duration::from_secs(5),
+        ))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(Ids))
@@ -69,31 +76,61 @@ async fn healthz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    let in_flight = s.limits.max_concurrent.saturating_sub(s.gate.available_permits());
+    let in_flight = s
+        .limits
+        .max_concurrent
+        .saturating_sub(s.gate.available_permits());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(s.auth.session_count(), s.queries.count(), in_flight),
+        s.metrics
+            .render(s.auth.session_count(), s.queries.count(), in_flight),
     )
 }
 
 /// Reads a body with a size limit, a content type and a deadline (slow bodies time out).
-async fn read_body(s: &AppState, req: Request, limit: usize, content_type: &str) -> Result<Bytes, ApiError> {
+async fn read_body(
+    s: &AppState,
+    req: Request,
+    limit: usize,
+    content_type: &str,
+) -> Result<Bytes, ApiError> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !ct.starts_with(content_type) {
-        return Err(ApiError::new("wrong_content_type", format!("expected Content-Type: {content_type}")));
+        return Err(ApiError::new(
+            "wrong_content_type",
+            format!("expected Content-Type: {content_type}"),
+        ));
     }
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
         if len > limit as u64 {
-            return Err(ApiError::new("body_too_large", format!("body of {len} bytes exceeds {limit}")));
+            return Err(ApiError::new(
+                "body_too_large",
+                format!("body of {len} bytes exceeds {limit}"),
+            ));
         }
     }
-    match tokio::time::timeout(s.limits.request_timeout, axum::body::to_bytes(req.into_body(), limit)).await {
-        Err(_) => Err(ApiError::new("timeout", "the request body arrived too slowly")),
-        Ok(Err(_)) => Err(ApiError::new("body_too_large", format!("body exceeds {limit} bytes or was cut off"))),
+    match tokio::time::timeout(
+        s.limits.request_timeout,
+        axum::body::to_bytes(req.into_body(), limit),
+    )
+    .await
+    {
+        Err(_) => Err(ApiError::new(
+            "timeout",
+            "the request body arrived too slowly",
+        )),
+        Ok(Err(_)) => Err(ApiError::new(
+            "body_too_large",
+            format!("body exceeds {limit} bytes or was cut off"),
+        )),
         Ok(Ok(b)) => Ok(b),
     }
 }
@@ -110,7 +147,9 @@ struct NonceReply {
 
 async fn nonce(State(s): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     let n = s.auth.nonce().map_err(|e| err(&s, e))?;
-    Ok(axum::Json(NonceReply { nonce: hex::encode(n) }))
+    Ok(axum::Json(NonceReply {
+        nonce: hex::encode(n),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -137,8 +176,12 @@ async fn open_session(State(s): State<Arc<AppState>>, req: Request) -> Result<Re
     let body = read_body(&s, req, s.limits.max_small_body, "application/json")
         .await
         .map_err(|e| err(&s, e))?;
-    let r: SessionRequest = serde_json::from_slice(&body)
-        .map_err(|e| err(&s, ApiError::new("malformed_body", format!("session request: {e}"))))?;
+    let r: SessionRequest = serde_json::from_slice(&body).map_err(|e| {
+        err(
+            &s,
+            ApiError::new("malformed_body", format!("session request: {e}")),
+        )
+    })?;
     let nonce = hex::decode(&r.nonce).unwrap_or_default();
     let pop = hex::decode(&r.pop).unwrap_or_default();
     let ids: Vec<_> = s.indexes.keys().copied().collect();
@@ -157,8 +200,14 @@ async fn open_session(State(s): State<Arc<AppState>>, req: Request) -> Result<Re
                 session: opened.session,
                 index_id: c.aud.clone(),
                 classes: c.scope.classes.clone(),
-                knn: c.scope.kinds.contains(&blindkd_engine::token::QueryKind::Knn),
-                range: c.scope.kinds.contains(&blindkd_engine::token::QueryKind::Range),
+                knn: c
+                    .scope
+                    .kinds
+                    .contains(&blindkd_engine::token::QueryKind::Knn),
+                range: c
+                    .scope
+                    .kinds
+                    .contains(&blindkd_engine::token::QueryKind::Range),
                 max_k: c.scope.max_k,
                 max_radius: c.scope.max_radius,
                 budget: c.scope.budget,
@@ -171,22 +220,30 @@ async fn open_session(State(s): State<Arc<AppState>>, req: Request) -> Result<Re
             let cti = blindkd_engine::token::decode_unverified(&r.token)
                 .map(|c| hex::encode(c.cti))
                 .unwrap_or_default();
-            s.audit.record("session_refused", serde_json::json!({ "reason": e.code, "cti": cti }));
+            s.audit.record(
+                "session_refused",
+                serde_json::json!({ "reason": e.code, "cti": cti }),
+            );
             Err(err(&s, e))
         }
     }
 }
 
 fn authorize(s: &AppState, headers: &HeaderMap, id: &str) -> Result<Pass, ApiError> {
-    let pass = s
-        .auth
-        .authorize(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))?;
+    let pass = s.auth.authorize(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )?;
     let id = parse_id(id).map_err(|_| ApiError::new("unknown_index", "malformed index id"))?;
     if !s.indexes.contains_key(&id) {
         return Err(ApiError::new("unknown_index", "no such index"));
     }
     if pass.index_id() != &id {
-        return Err(ApiError::new("wrong_audience", "the session is for another index"));
+        return Err(ApiError::new(
+            "wrong_audience",
+            "the session is for another index",
+        ));
     }
     Ok(pass)
 }
@@ -199,7 +256,10 @@ async fn slot(s: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiErro
     if WAITING.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING {
         WAITING.fetch_sub(1, Ordering::SeqCst);
         Metrics::add(&s.metrics.overloaded, 1);
-        return Err(ApiError::new("overloaded", "server busy; retry after a second"));
+        return Err(ApiError::new(
+            "overloaded",
+            "server busy; retry after a second",
+        ));
     }
     let r = tokio::time::timeout(QUEUE_WAIT, s.gate.clone().acquire_owned()).await;
     WAITING.fetch_sub(1, Ordering::SeqCst);
@@ -207,7 +267,10 @@ async fn slot(s: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiErro
         Ok(Ok(p)) => Ok(p),
         _ => {
             Metrics::add(&s.metrics.overloaded, 1);
-            Err(ApiError::new("overloaded", "server busy; retry after a second"))
+            Err(ApiError::new(
+                "overloaded",
+                "server busy; retry after a second",
+            ))
         }
     }
 }
@@ -222,7 +285,9 @@ async fn start_query(
     req: Request,
 ) -> Result<Response, ApiError> {
     let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
-    let body = read_body(&s, req, s.limits.max_query_body, OCTET).await.map_err(|e| err(&s, e))?;
+    let body = read_body(&s, req, s.limits.max_query_body, OCTET)
+        .await
+        .map_err(|e| err(&s, e))?;
     s.auth.charge_query(&pass).map_err(|e| {
         s.audit.record("query_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
         err(&s, e)
@@ -292,7 +357,9 @@ async fn blocks(
     req: Request,
 ) -> Result<Response, ApiError> {
     let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
-    let body = read_body(&s, req, s.limits.max_small_body, OCTET).await.map_err(|e| err(&s, e))?;
+    let body = read_body(&s, req, s.limits.max_small_body, OCTET)
+        .await
+        .map_err(|e| err(&s, e))?;
     let q = s.queries.get(&pass, &qid).map_err(|e| err(&s, e))?;
     let permit = slot(&s).await.map_err(|e| err(&s, e))?;
     let limits = s.limits.blocks;
@@ -345,7 +412,8 @@ async fn payload(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let pass = authorize(&s, &headers, &id).map_err(|e| err(&s, e))?;
-    let rid = u64::from_str_radix(&rid, 16).map_err(|_| err(&s, ApiError::new("unknown_record", "malformed record id")))?;
+    let rid = u64::from_str_radix(&rid, 16)
+        .map_err(|_| err(&s, ApiError::new("unknown_record", "malformed record id")))?;
     match s.indexes[pass.index_id()].payload(pass.access(), rid) {
         Ok(bytes) => {
             Metrics::add(&s.metrics.payloads, 1);

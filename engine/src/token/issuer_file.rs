@@ -21,9 +21,13 @@ pub fn parse_issuer_lines(text: &str, into: &mut Issuers) -> Result<()> {
         }
         let mut parts = line.split_whitespace();
         let (Some(name), Some(key), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(Error::malformed("issuer file", format!("line {}: expected `<name> <key>`", i + 1)));
+            return Err(Error::malformed(
+                "issuer file",
+                format!("line {}: expected `<name> <key>`", i + 1),
+            ));
         };
-        let key = IssuerPublic::from_str(key).map_err(|e| Error::malformed("issuer file", format!("line {}: {e}", i + 1)))?;
+        let key = IssuerPublic::from_str(key)
+            .map_err(|e| Error::malformed("issuer file", format!("line {}: {e}", i + 1)))?;
         into.insert(name, key);
         n += 1;
     }

@@ -45,13 +45,13 @@ mod seal;
 
 mod issuer_file;
 pub use claims::{random_cti, Claims, QueryKind, Scope};
-pub use issuer_file::{issuer_line, parse_issuer_lines};
 pub use cwt::{decode_unverified, verify, IssuerPublic, Issuers};
 #[cfg(feature = "client")]
 pub use cwt::{issue, IssuerKey};
 #[cfg(feature = "client")]
 pub use device::DeviceKey;
 pub use device::DevicePublic;
+pub use issuer_file::{issuer_line, parse_issuer_lines};
 pub use pop::{pop_message, verify_pop, MIN_POP_NONCE_LEN};
 pub use qr::{qr_version, render_qr_png, render_qr_svg, scan_qr};
 #[cfg(feature = "client")]

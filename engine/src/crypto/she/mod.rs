@@ -643,12 +643,14 @@ impl super::ClientScheme for PaperShe {
 impl PaperShe {
     /// Parses the opaque parameter bytes stored in an index header ([`crate::index::SchemeParams`]).
     pub fn from_param_bytes(bytes: &[u8]) -> Result<Self> {
-        let p: SheParams = postcard::from_bytes(bytes).map_err(|e| Error::malformed("paper-she parameters", e))?;
+        let p: SheParams =
+            postcard::from_bytes(bytes).map_err(|e| Error::malformed("paper-she parameters", e))?;
         Self::from_params(p)
     }
 
     /// The parameter bytes for an index header.
     pub fn param_bytes(&self) -> Result<Vec<u8>> {
-        postcard::to_allocvec(self.params()).map_err(|e| Error::malformed("paper-she parameters", e))
+        postcard::to_allocvec(self.params())
+            .map_err(|e| Error::malformed("paper-she parameters", e))
     }
 }
