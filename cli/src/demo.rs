@@ -241,7 +241,7 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
             )
         })
         .collect();
-    truth.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    truth.sort_by_key(|t| (t.0, t.1));
 
     step(
         6,

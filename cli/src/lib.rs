@@ -645,8 +645,7 @@ pub fn read_token(p: &Path) -> anyhow::Result<String> {
     if bytes.starts_with(token::TOKEN_PREFIX.as_bytes()) {
         return Ok(String::from_utf8_lossy(&bytes).trim().to_string());
     }
-    Ok(token::scan_qr(&bytes)
-        .with_context(|| format!("scanning the QR code in {}", p.display()))?)
+    token::scan_qr(&bytes).with_context(|| format!("scanning the QR code in {}", p.display()))
 }
 
 fn read_device_public(p: &Path) -> anyhow::Result<DevicePublic> {

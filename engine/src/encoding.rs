@@ -132,7 +132,7 @@ impl Schema {
                     )));
                 }
                 let e = ((v - c.offset) * c.scale).round();
-                if !(e.abs() <= max) {
+                if e.is_nan() || e.abs() > max {
                     return Err(Error::InvalidInput(format!(
                         "column `{}`: value {v} encodes to {e}, outside the {}-bit budget (±{max}); \
                          lower its scale or raise the bit budget",
@@ -293,6 +293,7 @@ pub fn isqrt_ceil(n: u128) -> u128 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
 

@@ -673,9 +673,7 @@ mod client {
                 )));
             }
             let threshold = match kind {
-                QueryKind::Knn { k } if k == 0 => {
-                    return Err(Error::InvalidInput("k must be ≥ 1".into()))
-                }
+                QueryKind::Knn { k: 0 } => return Err(Error::InvalidInput("k must be ≥ 1".into())),
                 QueryKind::Knn { .. } => u128::MAX,
                 QueryKind::Range { radius } => schema.radius_threshold(radius)?,
             };
@@ -791,7 +789,7 @@ mod client {
                     .collect(),
                 None => std::mem::take(&mut self.hits),
             };
-            hits.sort_by(|a, b| (a.d2, a.record_id).cmp(&(b.d2, b.record_id)));
+            hits.sort_by_key(|h| (h.d2, h.record_id));
             self.hits = hits;
         }
 
@@ -928,7 +926,7 @@ mod client {
             }
             // Descending, so the most promising candidates pop from the end.
             self.pending
-                .sort_by(|a, b| (b.lb, b.class_idx, b.leaf).cmp(&(a.lb, a.class_idx, a.leaf)));
+                .sort_by_key(|c| std::cmp::Reverse((c.lb, c.class_idx, c.leaf)));
             self.stats.client_micros += micros(t);
             self.next_step()
         }

@@ -60,6 +60,7 @@ fn fixture<S: ClientScheme>(
         &BuildOptions {
             leaf_size: leaf,
             progress: None,
+            index_id: None,
         },
     )
     .unwrap();
@@ -98,7 +99,7 @@ fn brute(f: &Fixture, q: &[i64], classes: &[String]) -> Vec<(u64, u128)> {
         .filter(|(r, _)| classes.contains(&r.class))
         .map(|(r, &id)| (id, squared_distance(&r.x, q, &w)))
         .collect();
-    v.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+    v.sort_by_key(|t| (t.1, t.0));
     v
 }
 

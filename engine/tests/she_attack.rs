@@ -1,7 +1,7 @@
-#![cfg(all(feature = "paper-she", feature = "client"))]
 //! The break of paper-she, reproduced: from N, three ciphertexts of unknown messages and a few
 //! ciphertexts of known messages (the stored E(−1), encryptions of 0), recover p and L and decrypt
 //! a fresh ciphertext.
+#![cfg(all(feature = "paper-she", feature = "client"))]
 #![allow(clippy::unwrap_used)]
 
 use std::time::Instant;

@@ -1,6 +1,6 @@
-#![cfg(all(feature = "paper-she", feature = "client"))]
 //! paper-she: exactness against the plaintext oracle, known-answer tests of the scheme's
 //! arithmetic (depth limit, subtraction through E(−1), negative plaintexts), malformed input.
+#![cfg(all(feature = "paper-she", feature = "client"))]
 #![allow(clippy::unwrap_used)]
 
 use std::sync::OnceLock;

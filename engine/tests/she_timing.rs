@@ -1,6 +1,6 @@
-#![cfg(all(feature = "paper-she", feature = "client"))]
 //! Timing of paper-she at the published parameters. Prints, asserts nothing about speed.
 //! Run: `cargo test --release -p blindkd-engine --features paper-she --test she_timing -- --ignored --nocapture`
+#![cfg(all(feature = "paper-she", feature = "client"))]
 #![allow(clippy::unwrap_used)]
 
 use std::time::Instant;

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::{ApiError, AppState};
 
 /// Header carrying the query id in a round-1 reply.
-pub const QUERY_ID_HEADER: &str = "bkd-query-id";
+pub(crate) const QUERY_ID_HEADER: &str = "bkd-query-id";
 const OCTET: &str = "application/octet-stream";
 
 /// How long a request may wait for an evaluation slot before 429.

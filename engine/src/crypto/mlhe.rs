@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use fhe::bfv::{BfvParameters, BfvParametersBuilder, Ciphertext};
 use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
-use fhe_traits::{DeserializeParametrized, Serialize as FheSerialize};
+use fhe_traits::DeserializeParametrized;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -402,6 +402,7 @@ impl Mlhe {
     }
 
     /// Splits a reply into its two q₀ polynomials' coefficient rows and the row count.
+    #[cfg(feature = "client")]
     fn parse_reply(&self, reply: &[u8]) -> Result<(Vec<u64>, Vec<u64>, usize)> {
         let pb = self.q0_poly_bytes();
         if reply.len() != 4 + 2 * pb + 4 || &reply[..4] != REPLY_MAGIC {
@@ -438,7 +439,9 @@ pub use client::{MlheKey, MlheSession};
 #[cfg(feature = "client")]
 mod client {
     use fhe::bfv::{Encoding, Plaintext, SecretKey};
-    use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter};
+    use fhe_traits::{
+        FheDecoder, FheDecrypter, FheEncoder, FheEncrypter, Serialize as FheSerialize,
+    };
     use rand::{RngCore, SeedableRng};
     use rand_chacha::ChaCha20Rng;
     use zeroize::Zeroizing;
