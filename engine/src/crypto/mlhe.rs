@@ -615,6 +615,7 @@ mod tests {
     use super::*;
     use crate::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef};
     use crate::encoding::{augment, squared_distance, QueryPlan};
+    use fhe_traits::Serialize as _;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
 
