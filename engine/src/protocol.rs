@@ -42,11 +42,11 @@ pub enum QueryKind {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StartRequest {
     /// Kind and its parameter.
-    // LEAKAGE: the query kind, k, and the range radius (user units) are visible to the server, which
+    // LEAKAGE: [query-params] the query kind, k, and the range radius (user units) are visible to the server, which
     // enforces the token's max_k / max_radius on them.
     pub kind: QueryKind,
     /// Classes to search; empty means every class the access scope allows.
-    // LEAKAGE: which classes a query searches.
+    // LEAKAGE: [query-classes] which classes a query searches.
     pub classes: Vec<String>,
     /// Framed session public material + sealed query ([`crate::crypto::frame_query`]).
     pub query: Vec<u8>,
@@ -89,7 +89,7 @@ pub struct BlockRef {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BlockRequest {
     /// The leaves.
-    // LEAKAGE: the access pattern at block granularity: which leaves each query requests, in
+    // LEAKAGE: [access-pattern] the access pattern at block granularity: which leaves each query requests, in
     // which rounds.
     pub blocks: Vec<BlockRef>,
 }
