@@ -941,6 +941,7 @@ mod client {
             let r: BlockReply =
                 postcard::from_bytes(reply).map_err(|e| Error::malformed("block reply", e))?;
             self.stats.server_micros += r.server_micros;
+            let mut work = Vec::with_capacity(r.blocks.len());
             for eb in r.blocks {
                 let pos = self
                     .pending
@@ -956,18 +957,29 @@ mod client {
                     .get(&cand.class_idx)
                     .cloned()
                     .ok_or_else(|| Error::malformed("block reply", "unknown class"))?;
-                let keys = &self.keys[&class];
-                let rows: Vec<RowRef> = (cand.first_slot..cand.first_slot + cand.rows as u64)
-                    .map(|s| RowRef {
-                        domain: RowDomain::Leaf,
-                        id: s,
+                work.push((cand, class, eb));
+            }
+            // Opening (decrypt + unmask) is independent per block: spread it over the cores.
+            let opened = {
+                use rayon::prelude::*;
+                let (scheme, keys, session, plan) =
+                    (&self.scheme, &self.keys, &self.session, &self.plan);
+                work.par_iter()
+                    .map(|(cand, class, eb)| {
+                        let rows: Vec<RowRef> = (cand.first_slot
+                            ..cand.first_slot + cand.rows as u64)
+                            .map(|s| RowRef {
+                                domain: RowDomain::Leaf,
+                                id: s,
+                            })
+                            .collect();
+                        scheme.open(&keys[class].key, session, &eb.reply, plan, &rows)
                     })
-                    .collect();
-                let d2 =
-                    self.scheme
-                        .open(&keys.key, &self.session, &eb.reply, &self.plan, &rows)?;
+                    .collect::<Result<Vec<_>>>()?
+            };
+            for ((cand, _, eb), d2) in work.into_iter().zip(opened) {
                 self.stats.leaf_blocks += 1;
-                self.stats.records_evaluated += rows.len() as u64;
+                self.stats.records_evaluated += cand.rows as u64;
                 for (d, id) in d2.into_iter().zip(eb.record_ids) {
                     self.offer(d, id, cand.class_idx);
                 }

@@ -540,10 +540,12 @@ mod client {
         }
 
         fn seal_query(&self, s: &MlheSession, w: &[i64]) -> Result<Vec<u8>> {
-            let mut rng = rand::rng();
+            use rayon::prelude::*;
+            // One encryption per coordinate, independent: spread them over the cores.
             let parts = w
-                .iter()
+                .par_iter()
                 .map(|&wi| {
+                    let mut rng = rand::rng();
                     let pt = Plaintext::try_encode(&[wi][..], Encoding::poly(), &self.par)
                         .map_err(|e| Error::Crypto(e.to_string()))?;
                     let ct: Ciphertext =
