@@ -105,7 +105,7 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
         }),
         bits: 16,
         weights: None,
-        leaf_size: Some(64),
+        leaf_size: None,
         out: index_path.clone(),
         progress: false,
     };
