@@ -311,12 +311,13 @@ async fn start_query(
     let body = read_body(&s, req, s.limits.max_query_body, OCTET)
         .await
         .map_err(|e| err(&s, e))?;
+    let index = s.indexes[pass.index_id()].clone();
+    let permit = slot(&s).await.map_err(|e| err(&s, e))?;
+    // Charged only once the query may run: a 429 `overloaded` (which clients retry) is not a query.
     s.auth.charge_query(&pass).map_err(|e| {
         s.audit.record("query_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
         err(&s, e)
     })?;
-    let index = s.indexes[pass.index_id()].clone();
-    let permit = slot(&s).await.map_err(|e| err(&s, e))?;
     let t = Instant::now();
     let access = pass.access().clone();
     let started = tokio::task::spawn_blocking(move || {
