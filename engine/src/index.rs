@@ -85,7 +85,7 @@ pub struct IndexBody<B> {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClassIndex<B> {
     /// The policy class name.
-    // LEAKAGE: class names and per-class record counts (the forest shape) are visible to the server.
+    // LEAKAGE: [forest-shape] class names and per-class record counts (the forest shape) are visible to the server.
     pub class: String,
     /// The public tree shape.
     pub shape: TreeShape,

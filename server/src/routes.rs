@@ -206,6 +206,8 @@ async fn open_session(State(s): State<Arc<AppState>>, req: Request) -> Result<Re
     let ids: Vec<_> = s.indexes.keys().copied().collect();
     match s.auth.open_session(&ids, &r.token, &nonce, &pop, &s.limits) {
         Ok(opened) => {
+            // LEAKAGE: [session-identity] who (token subject, issuer, token id) opens a session, for
+            // which index and classes, and when.
             Metrics::add(&s.metrics.sessions_opened, 1);
             let c = &opened.claims;
             s.audit.record(
@@ -334,6 +336,8 @@ async fn start_query(
             return Err(err(&s, e));
         }
     };
+    // LEAKAGE: [sizes-timing] message sizes (the sealed query's size reveals d) and evaluation
+    // times of every round.
     let micros = t.elapsed().as_micros() as u64;
     Metrics::add(&s.metrics.queries_started, 1);
     Metrics::add(&s.metrics.pivot_blocks, started.info.pivot_blocks as u64);
@@ -342,7 +346,7 @@ async fn start_query(
         QueryKind::Knn { .. } => "knn",
         QueryKind::Range { .. } => "range",
     };
-    // LEAKAGE: the server records kind, k/radius, classes, block counts and timing per query.
+    // LEAKAGE: [query-audit] the server records kind, k/radius, classes, block counts and timing per query.
     let (k, radius) = match started.info.kind {
         QueryKind::Knn { k } => (Some(k), None),
         QueryKind::Range { radius } => (None, Some(radius)),
@@ -404,7 +408,7 @@ async fn blocks(
         Ok(bytes) => {
             Metrics::add(&s.metrics.leaf_blocks, n as u64);
             Metrics::add(&s.metrics.eval_micros, micros);
-            // LEAKAGE: which leaf blocks (count here; ids in the request) each round asks for.
+            // LEAKAGE: [block-audit] which leaf blocks (count here; ids in the request) each round asks for.
             s.audit.record(
                 "blocks",
                 serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "query": &qid[..qid.len().min(8)], "kind": kind, "blocks": n, "micros": micros }),
@@ -441,7 +445,7 @@ async fn payload(
     match s.indexes[pass.index_id()].payload(pass.access(), rid) {
         Ok(bytes) => {
             Metrics::add(&s.metrics.payloads, 1);
-            // LEAKAGE: which records' payloads a doctor fetches (the result set's ids).
+            // LEAKAGE: [payload-fetch] which records' payloads a doctor fetches (the result set's ids).
             s.audit.record("payload", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "record": format!("{rid:016x}") }));
             Ok(binary(bytes))
         }

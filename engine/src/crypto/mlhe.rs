@@ -174,7 +174,7 @@ impl Mlhe {
         let ctx = self.top_ctx()?;
         let mut rng = rand::rng();
         let cerr = |e: fhe_math::Error| Error::Crypto(e.to_string());
-        if self.finish != rerand_off() {
+        if self.finish.rerandomise() {
             // c += Enc_pk(0) = (b·u + e1, a·u + e2); the flood below plays e1's role.
             let u = Poly::small(ctx, Representation::Ntt, 10, &mut rng).map_err(cerr)?;
             c0 += &(&pk[0] * &u);
@@ -182,11 +182,11 @@ impl Mlhe {
         }
         c0.change_representation(Representation::PowerBasis);
         c1.change_representation(Representation::PowerBasis);
-        if self.finish != rerand_off() {
+        if self.finish.rerandomise() {
             let e2 = Poly::small(ctx, Representation::PowerBasis, 10, &mut rng).map_err(cerr)?;
             c1 += &e2;
         }
-        if self.finish != flood_off() {
+        if self.finish.flood() {
             c0 += &self.flood_poly(ctx, &mut rng)?;
         }
         // Mod-switch after flooding is post-processing. `switch_down` in a loop: fhe-math's
@@ -235,22 +235,24 @@ impl Mlhe {
     }
 }
 
-#[cfg(not(test))]
-fn rerand_off() -> Finish {
-    // Unreachable sentinel outside tests: no variant equals it, so every step runs.
-    Finish::Full
-}
-#[cfg(not(test))]
-fn flood_off() -> Finish {
-    Finish::Full
-}
-#[cfg(test)]
-fn rerand_off() -> Finish {
-    Finish::NoRerandomise
-}
-#[cfg(test)]
-fn flood_off() -> Finish {
-    Finish::NoFlood
+impl Finish {
+    /// Whether to add the public-key encryption of zero. Only a unit test can turn it off.
+    fn rerandomise(self) -> bool {
+        #[cfg(test)]
+        if self == Finish::NoRerandomise {
+            return false;
+        }
+        true
+    }
+
+    /// Whether to flood the noise. Only a unit test can turn it off.
+    fn flood(self) -> bool {
+        #[cfg(test)]
+        if self == Finish::NoFlood {
+            return false;
+        }
+        true
+    }
 }
 
 /// A stored block: the masked augmented rows, column-major (`cols[i][j] = y_{ji} ∈ [0, t)`).
@@ -540,10 +542,12 @@ mod client {
         }
 
         fn seal_query(&self, s: &MlheSession, w: &[i64]) -> Result<Vec<u8>> {
-            let mut rng = rand::rng();
+            use rayon::prelude::*;
+            // One encryption per coordinate, independent: spread them over the cores.
             let parts = w
-                .iter()
+                .par_iter()
                 .map(|&wi| {
+                    let mut rng = rand::rng();
                     let pt = Plaintext::try_encode(&[wi][..], Encoding::poly(), &self.par)
                         .map_err(|e| Error::Crypto(e.to_string()))?;
                     let ct: Ciphertext =
@@ -615,6 +619,7 @@ mod tests {
     use super::*;
     use crate::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef};
     use crate::encoding::{augment, squared_distance, QueryPlan};
+    use fhe_traits::Serialize as _;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
 

@@ -498,7 +498,7 @@ impl Scheme for PaperShe {
     }
 
     fn evaluate(&self, query: &SheQuery, block: &ShePrepared) -> Result<Vec<u8>> {
-        // LEAKAGE: nothing beyond the row count is revealed by evaluating, but the server holds N
+        // LEAKAGE: [she-modulus] nothing beyond the row count is revealed by evaluating, but the server holds N
         // and every stored ciphertext: three of them factor N (`attack`), after which it reads
         // every row and every query. This scheme protects nothing from the server.
         let w = &query.w;
