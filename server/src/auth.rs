@@ -276,6 +276,9 @@ impl Auth {
             .and_then(|s| hex::decode(s.trim()).ok())
             .and_then(|v| <[u8; 16]>::try_from(v).ok())
             .ok_or_else(|| ApiError::new("unknown_session", "malformed session id"))?;
+        // A revocation must cut off live sessions too, not only new ones: pick up a changed list
+        // here (one stat per request) before the check below.
+        self.reload_revocations()?;
         let sessions = lock(&self.sessions)?;
         let s = sessions
             .get(&sid)
@@ -329,10 +332,18 @@ pub struct LiveQuery {
     pub kind: &'static str,
 }
 
-/// Live queries by id.
+/// Live queries by id. The owner, index and expiry sit beside the lock, so they are checked even
+/// while another request holds the query (a busy query is still only its session's).
 #[derive(Default)]
 pub struct Queries {
-    map: Mutex<HashMap<[u8; 16], std::sync::Arc<tokio::sync::Mutex<LiveQuery>>>>,
+    map: Mutex<HashMap<[u8; 16], QueryEntry>>,
+}
+
+struct QueryEntry {
+    session: [u8; 16],
+    index_id: IndexId,
+    expires: Instant,
+    query: std::sync::Arc<tokio::sync::Mutex<LiveQuery>>,
 }
 
 impl Queries {
@@ -340,7 +351,7 @@ impl Queries {
     pub fn insert(&self, q: LiveQuery, max: usize) -> Result<String, ApiError> {
         let mut map = lock(&self.map)?;
         let now = Instant::now();
-        map.retain(|_, v| v.try_lock().map(|g| g.expires > now).unwrap_or(true));
+        map.retain(|_, e| e.expires > now);
         if map.len() >= max {
             return Err(ApiError::new(
                 "overloaded",
@@ -349,7 +360,15 @@ impl Queries {
         }
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
-        map.insert(id, std::sync::Arc::new(tokio::sync::Mutex::new(q)));
+        map.insert(
+            id,
+            QueryEntry {
+                session: q.session,
+                index_id: q.index_id,
+                expires: q.expires,
+                query: std::sync::Arc::new(tokio::sync::Mutex::new(q)),
+            },
+        );
         Ok(hex::encode(id))
     }
 
@@ -364,20 +383,17 @@ impl Queries {
             .and_then(|v| <[u8; 16]>::try_from(v).ok())
             .ok_or_else(|| ApiError::new("unknown_query", "malformed query id"))?;
         let map = lock(&self.map)?;
-        let q = map
+        let e = map
             .get(&id)
             .ok_or_else(|| ApiError::new("unknown_query", "no such query"))?;
         // Another session's query looks exactly like a missing one.
-        match q.try_lock() {
-            Ok(g) if g.session != pass.session || g.index_id != pass.index_id => {
-                return Err(ApiError::new("unknown_query", "no such query"))
-            }
-            Ok(g) if g.expires <= Instant::now() => {
-                return Err(ApiError::new("unknown_query", "the query expired"))
-            }
-            _ => {}
+        if e.session != pass.session || e.index_id != pass.index_id {
+            return Err(ApiError::new("unknown_query", "no such query"));
         }
-        Ok(q.clone())
+        if e.expires <= Instant::now() {
+            return Err(ApiError::new("unknown_query", "the query expired"));
+        }
+        Ok(e.query.clone())
     }
 
     /// Drops a query.

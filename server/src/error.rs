@@ -57,6 +57,7 @@ pub const CODES: &[(&str, u16)] = &[
     ("overloaded", 429),
     ("timeout", 408),
     ("not_found", 404),
+    ("method_not_allowed", 405),
     ("internal", 500),
 ];
 

@@ -44,6 +44,10 @@ pub struct ServerLimits {
     pub blocks: Limits,
     /// Request timeout (slow bodies included).
     pub request_timeout: Duration,
+    /// How long a request may wait for an evaluation slot before 429 `overloaded`.
+    pub queue_wait: Duration,
+    /// Most requests waiting for an evaluation slot; beyond it, 429 `overloaded` at once.
+    pub max_waiting: usize,
 }
 
 impl Default for ServerLimits {
@@ -58,6 +62,8 @@ impl Default for ServerLimits {
             max_live_queries: 256,
             blocks: Limits::default(),
             request_timeout: Duration::from_secs(30),
+            queue_wait: Duration::from_secs(10),
+            max_waiting: 256,
         }
     }
 }
@@ -84,6 +90,8 @@ pub struct AppState {
     pub(crate) metrics: metrics::Metrics,
     pub(crate) audit: audit::Audit,
     pub(crate) gate: Arc<tokio::sync::Semaphore>,
+    /// Requests waiting for a `gate` permit (per server, bounded by `limits.max_waiting`).
+    pub(crate) waiting: std::sync::atomic::AtomicUsize,
     pub(crate) queries: auth::Queries,
 }
 
@@ -121,6 +129,7 @@ impl AppState {
             indexes,
             auth: auth::Auth::new(issuers, revoked),
             gate: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             limits,
             metrics: metrics::Metrics::default(),
             audit: audit::Audit::open(audit)?,

@@ -1,12 +1,13 @@
 //! HTTP routes: a thin shell over the engine's protocol (DESIGN §6). JSON for control, binary
 //! (`application/octet-stream`) bodies for ciphertexts.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -27,17 +28,29 @@ use crate::{ApiError, AppState};
 pub(crate) const QUERY_ID_HEADER: &str = "bkd-query-id";
 const OCTET: &str = "application/octet-stream";
 
-/// How long a request may wait for an evaluation slot before 429.
-const QUEUE_WAIT: Duration = Duration::from_secs(10);
-/// Most requests waiting for a slot; beyond it, 429 at once.
-const MAX_WAITING: usize = 256;
+/// Path parameters; a path that does not decode (bad percent-encoding, invalid UTF-8) is a JSON
+/// `bad_request` like every other error, not axum's plain-text rejection.
+struct Ids<T>(T);
 
-static WAITING: AtomicUsize = AtomicUsize::new(0);
+impl<S, T> FromRequestParts<S> for Ids<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| Ids(t))
+            .map_err(|e| ApiError::new("bad_request", format!("malformed path: {e}")))
+    }
+}
 
 #[derive(Clone, Default)]
-struct Ids;
+struct RequestIds;
 
-impl MakeRequestId for Ids {
+impl MakeRequestId for RequestIds {
     fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
         let mut b = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
@@ -59,6 +72,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/indexes/{id}/queries/{qid}", delete(end_query))
         .route("/v1/indexes/{id}/records/{rid}/payload", get(payload))
         .fallback(|| async { ApiError::new("not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
         // Bodies are read by `read_body` with per-route limits and JSON errors.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -67,7 +86,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(Ids))
+        .layer(SetRequestIdLayer::x_request_id(RequestIds))
         .with_state(state)
 }
 
@@ -250,30 +269,34 @@ fn authorize(s: &AppState, headers: &HeaderMap, id: &str) -> Result<Pass, ApiErr
     Ok(pass)
 }
 
+/// Counts one waiter; the count drops when the guard does, even if the request is cancelled
+/// (client gone, request timeout) while it waits.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Waits (bounded) for an evaluation slot: back-pressure instead of collapse.
 async fn slot(s: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     if let Ok(p) = s.gate.clone().try_acquire_owned() {
         return Ok(p);
     }
-    if WAITING.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING {
-        WAITING.fetch_sub(1, Ordering::SeqCst);
+    let overloaded = || {
         Metrics::add(&s.metrics.overloaded, 1);
-        return Err(ApiError::new(
-            "overloaded",
-            "server busy; retry after a second",
-        ));
+        ApiError::new("overloaded", "server busy; retry after a second")
+    };
+    let waiter = Waiting(&s.waiting);
+    if s.waiting.fetch_add(1, Ordering::SeqCst) >= s.limits.max_waiting {
+        return Err(overloaded());
     }
-    let r = tokio::time::timeout(QUEUE_WAIT, s.gate.clone().acquire_owned()).await;
-    WAITING.fetch_sub(1, Ordering::SeqCst);
+    let r = tokio::time::timeout(s.limits.queue_wait, s.gate.clone().acquire_owned()).await;
+    drop(waiter);
     match r {
         Ok(Ok(p)) => Ok(p),
-        _ => {
-            Metrics::add(&s.metrics.overloaded, 1);
-            Err(ApiError::new(
-                "overloaded",
-                "server busy; retry after a second",
-            ))
-        }
+        _ => Err(overloaded()),
     }
 }
 
@@ -283,19 +306,20 @@ fn binary(bytes: Vec<u8>) -> Response {
 
 async fn start_query(
     State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    Ids(id): Ids<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
     let body = read_body(&s, req, s.limits.max_query_body, OCTET)
         .await
         .map_err(|e| err(&s, e))?;
+    let index = s.indexes[pass.index_id()].clone();
+    let permit = slot(&s).await.map_err(|e| err(&s, e))?;
+    // Charged only once the query may run: a 429 `overloaded` (which clients retry) is not a query.
     s.auth.charge_query(&pass).map_err(|e| {
         s.audit.record("query_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
         err(&s, e)
     })?;
-    let index = s.indexes[pass.index_id()].clone();
-    let permit = slot(&s).await.map_err(|e| err(&s, e))?;
     let t = Instant::now();
     let access = pass.access().clone();
     let started = tokio::task::spawn_blocking(move || {
@@ -357,7 +381,7 @@ async fn start_query(
 
 async fn blocks(
     State(s): State<Arc<AppState>>,
-    Path((id, qid)): Path<(String, String)>,
+    Ids((id, qid)): Ids<(String, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
@@ -401,7 +425,7 @@ async fn blocks(
 
 async fn end_query(
     State(s): State<Arc<AppState>>,
-    Path((id, qid)): Path<(String, String)>,
+    Ids((id, qid)): Ids<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let pass = authorize(&s, &headers, &id).map_err(|e| err(&s, e))?;
@@ -412,7 +436,7 @@ async fn end_query(
 
 async fn payload(
     State(s): State<Arc<AppState>>,
-    Path((id, rid)): Path<(String, String)>,
+    Ids((id, rid)): Ids<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let pass = authorize(&s, &headers, &id).map_err(|e| err(&s, e))?;
