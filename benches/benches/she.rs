@@ -12,7 +12,7 @@ mod she {
     use blindkd_engine::encoding::QueryPlan;
     use criterion::{black_box, Criterion};
 
-    pub fn she(c: &mut Criterion) {
+    pub(crate) fn she(c: &mut Criterion) {
         let d = 10;
         let (scheme, key) = PaperShe::setup(&ClassKey::from_bytes([9; 32]), &[3; 16]).unwrap();
         let r = rows(SHE_BLOCK, d, 3);
