@@ -856,7 +856,7 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
     let out = rt.block_on(async {
         let client = blindkd_client::Client::new(&a.server)?;
         let session = client.open_session(&text, &device).await?;
-        client
+        let out = client
             .query(
                 &session,
                 entry,
@@ -865,7 +865,10 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
                 a.classes.clone(),
                 !a.no_payloads,
             )
-            .await
+            .await;
+        // Free the session slot whatever happened; the answer (or the error) is what matters.
+        let _ = client.close_session(&session).await;
+        out
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&json_outcome(&out))?);

@@ -182,6 +182,17 @@ impl Client {
         .map_err(|e| ClientError::Transport(e.to_string()))
     }
 
+    /// Ends a session on the server (frees its slot; the token's budget is unaffected).
+    pub async fn close_session(&self, session: &Session) -> Result<()> {
+        self.send(|| {
+            self.http
+                .delete(format!("{}/v1/sessions", self.base))
+                .bearer_auth(&session.session)
+        })
+        .await
+        .map(|_| ())
+    }
+
     async fn post_bin(
         &self,
         url: &str,

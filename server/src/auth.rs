@@ -60,7 +60,6 @@ struct Revocation {
 }
 
 struct TokenUse {
-    sessions: u32,
     queries: u32,
     exp: i64,
 }
@@ -215,21 +214,14 @@ impl Auth {
         }
         token::verify_pop(&claims.cnf, nonce, token_text, pop)?;
         {
+            // The query budget is per token, across its sessions.
             let mut usage = lock(&self.usage)?;
             let now = now_unix();
             usage.retain(|_, u| u.exp + 60 > now);
-            let u = usage.entry(claims.cti).or_insert(TokenUse {
-                sessions: 0,
+            usage.entry(claims.cti).or_insert(TokenUse {
                 queries: 0,
                 exp: claims.exp,
             });
-            if u.sessions >= limits.max_sessions_per_token {
-                return Err(ApiError::new(
-                    "too_many_sessions",
-                    "this token opened its maximum number of sessions",
-                ));
-            }
-            u.sessions += 1;
         }
         let mut sid = [0u8; 16];
         rand::rng().fill_bytes(&mut sid);
@@ -253,6 +245,18 @@ impl Auth {
         let mut sessions = lock(&self.sessions)?;
         let now = Instant::now();
         sessions.retain(|_, s| s.expires > now);
+        // Live sessions per token are bounded; closed and expired ones free their slot, so a doctor
+        // running one query after another never runs out while the budget lasts.
+        let live = sessions
+            .values()
+            .filter(|s| s.pass.cti == claims.cti)
+            .count();
+        if live >= limits.max_sessions_per_token as usize {
+            return Err(ApiError::new(
+                "too_many_sessions",
+                format!("this token already has {live} live sessions; close one or wait for one to expire"),
+            ));
+        }
         sessions.insert(
             sid,
             Session {
@@ -309,6 +313,12 @@ impl Auth {
             ));
         }
         u.queries += 1;
+        Ok(())
+    }
+
+    /// Ends the pass's session (the client is done).
+    pub fn close_session(&self, pass: &Pass) -> Result<(), ApiError> {
+        lock(&self.sessions)?.remove(&pass.session);
         Ok(())
     }
 

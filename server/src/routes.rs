@@ -66,7 +66,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/nonces", post(nonce))
-        .route("/v1/sessions", post(open_session))
+        .route("/v1/sessions", post(open_session).delete(close_session))
         .route("/v1/indexes/{id}/queries", post(start_query))
         .route("/v1/indexes/{id}/queries/{qid}/blocks", post(blocks))
         .route("/v1/indexes/{id}/queries/{qid}", delete(end_query))
@@ -248,6 +248,26 @@ async fn open_session(State(s): State<Arc<AppState>>, req: Request) -> Result<Re
             Err(err(&s, e))
         }
     }
+}
+
+async fn close_session(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let pass = s
+        .auth
+        .authorize(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
+        .map_err(|e| err(&s, e))?;
+    s.auth.close_session(&pass).map_err(|e| err(&s, e))?;
+    s.audit.record(
+        "session_closed",
+        serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex() }),
+    );
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn authorize(s: &AppState, headers: &HeaderMap, id: &str) -> Result<Pass, ApiError> {

@@ -805,3 +805,37 @@ fn collect_numbers(v: &serde_json::Value, out: &mut Vec<f64>) {
         _ => {}
     }
 }
+
+/// The session limit counts live sessions: a doctor who closes each session after a query (as
+/// `blindkd query` does) never runs out while the budget lasts, and a closed session is unusable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_sessions_free_their_slot() {
+    let fx = plain();
+    let limits = ServerLimits {
+        max_sessions_per_token: 2,
+        ..ServerLimits::default()
+    };
+    let server = TestServer::hosting(&[fx], limits).await;
+    let q = fx.query_points(1, 9).remove(0);
+    let device = DeviceKey::random();
+    let t = fx.token_with(&device, |c| c.scope.budget = 100);
+    let client = server.client();
+    for _ in 0..6 {
+        let s = client.open_session(&t, &device).await.unwrap();
+        query(&client, &s, fx, QueryKind::Knn { k: 2 }, &q, &[], false)
+            .await
+            .unwrap();
+        client.close_session(&s).await.unwrap();
+        let e = query(&client, &s, fx, QueryKind::Knn { k: 2 }, &q, &[], false)
+            .await
+            .unwrap_err();
+        assert_eq!(code_of(&e), "unknown_session");
+    }
+    let a = client.open_session(&t, &device).await.unwrap();
+    let _b = client.open_session(&t, &device).await.unwrap();
+    let e = client.open_session(&t, &device).await.unwrap_err();
+    assert_eq!(code_of(&e), "too_many_sessions");
+    client.close_session(&a).await.unwrap();
+    client.open_session(&t, &device).await.unwrap();
+    server.shutdown().await;
+}
