@@ -267,12 +267,24 @@ pub fn split_file<'a>(bytes: &'a [u8], path: &Path) -> Result<RawIndex<'a>> {
         return Err(corrupt("checksum mismatch: the file is corrupt".into()));
     }
     let header: IndexHeader =
-        postcard::from_bytes(&bytes[16..hend]).map_err(|e| corrupt(format!("header: {e}")))?;
+        from_exact_bytes(&bytes[16..hend]).map_err(|e| corrupt(format!("header: {e}")))?;
     Ok(RawIndex {
         version,
         header,
         body: &bytes[body_start..body_end],
     })
+}
+
+/// Parses `bytes` as exactly one postcard value: trailing bytes are refused (postcard's
+/// `from_bytes` silently ignores them, which would let a file carry unvalidated data).
+fn from_exact_bytes<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> std::result::Result<T, String> {
+    let (v, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} unexpected trailing bytes", rest.len()));
+    }
+    Ok(v)
 }
 
 fn take4(b: &[u8], at: usize) -> [u8; 4] {
@@ -338,7 +350,7 @@ impl<S: Scheme> ServerIndex<S> {
             detail: d,
         };
         let body: IndexBody<S::Block> =
-            postcard::from_bytes(body).map_err(|e| corrupt(format!("body: {e}")))?;
+            from_exact_bytes(body).map_err(|e| corrupt(format!("body: {e}")))?;
         if body.classes.is_empty() {
             return Err(corrupt("index has no classes".into()));
         }
@@ -462,7 +474,7 @@ pub fn parse_body<B: serde::de::DeserializeOwned>(
     raw: &RawIndex<'_>,
     path: &Path,
 ) -> Result<IndexBody<B>> {
-    postcard::from_bytes(raw.body).map_err(|e| Error::DataCorruption {
+    from_exact_bytes(raw.body).map_err(|e| Error::DataCorruption {
         path: path.to_path_buf(),
         detail: format!("body: {e}"),
     })
@@ -474,6 +486,16 @@ fn summarize_body<B: serde::de::DeserializeOwned>(
     path: &Path,
 ) -> Result<IndexSummary> {
     let body: IndexBody<B> = parse_body(raw, path)?;
+    // The shape comes from the file: validate it before walking it (a cycle would make
+    // `leaf_paths` loop and allocate without bound; an out-of-range child would panic).
+    for c in &body.classes {
+        c.shape
+            .validate(raw.header.block_capacity as usize)
+            .map_err(|e| Error::DataCorruption {
+                path: path.to_path_buf(),
+                detail: format!("class `{}`: {e}", c.class),
+            })?;
+    }
     let classes = body
         .classes
         .iter()

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Long fuzz runs of every decoder of untrusted bytes (fuzz/, cargo-fuzz + libFuzzer).
+#
+#   scripts/fuzz.sh build                 # build every target (ASan, debug assertions)
+#   scripts/fuzz.sh run TARGET [RUNS]     # fuzz one target, default 1000000 executions
+#   scripts/fuzz.sh all [RUNS]            # every target in turn
+#   scripts/fuzz.sh replay                # the corpus replay test (what CI runs; no cargo-fuzz)
+#   scripts/fuzz.sh list
+#
+# Targets: token, qr, index_file, start_request, block_request, mlhe_query (fuzz/src/harness.rs).
+#
+# Toolchain: cargo-fuzz needs nightly-only -Z flags. With only a stable toolchain,
+# RUSTC_BOOTSTRAP=1 makes stable accept them (that is what this script does); a nightly
+# toolchain works as well (FUZZ_TOOLCHAIN=nightly). Install the runner with
+# `cargo install cargo-fuzz --locked`.
+#
+# The run writes new inputs to fuzz/target-corpus/TARGET (not committed), reading the committed
+# seeds in fuzz/corpus/TARGET; crashes land in fuzz/artifacts/TARGET/. To keep a crash as a
+# regression, minimise it (`cargo fuzz tmin TARGET ARTIFACT`) and copy it to
+# fuzz/regressions/TARGET/: engine/tests/fuzz_regressions.rs replays it in every test run.
+# To refresh the committed seeds from a long run, minimise the corpus first
+# (`cargo fuzz cmin TARGET fuzz/target-corpus/TARGET`) and copy back only a few dozen small files.
+#
+# Environment: FUZZ_JOBS (parallel libFuzzer jobs, default 1), FUZZ_MAX_LEN (default per target),
+# FUZZ_TIMEOUT (seconds per input, default 10), FUZZ_RSS_MB (default 2048).
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+
+TARGETS=(token qr index_file start_request block_request mlhe_query)
+TOOLCHAIN=${FUZZ_TOOLCHAIN:-stable}
+export RUSTC_BOOTSTRAP=1
+
+max_len() {
+    case "$1" in
+        qr) echo 16384 ;;           # images: keep them small
+        index_file) echo 16384 ;;   # the seeds are ≤ 5 KB
+        mlhe_query) echo 8192 ;;
+        *) echo 4096 ;;
+    esac
+}
+
+build() {
+    cargo "+$TOOLCHAIN" fuzz build -O --debug-assertions "$@"
+}
+
+run() {
+    local t=$1 runs=${2:-1000000}
+    mkdir -p "target-corpus/$t"
+    local jobs=()
+    if [ "${FUZZ_JOBS:-1}" -gt 1 ]; then
+        # libFuzzer then writes each job's output to fuzz-N.log.
+        jobs=(-jobs="$FUZZ_JOBS" -workers="$FUZZ_JOBS")
+    fi
+    # -O: release build; --debug-assertions: integer overflow and debug_assert! are findings.
+    # Inputs go to target-corpus/$t; corpus/$t is read-only seed input.
+    cargo "+$TOOLCHAIN" fuzz run -O --debug-assertions "$t" "target-corpus/$t" "corpus/$t" -- \
+        -runs="$runs" \
+        -max_len="${FUZZ_MAX_LEN:-$(max_len "$t")}" \
+        -timeout="${FUZZ_TIMEOUT:-10}" \
+        -rss_limit_mb="${FUZZ_RSS_MB:-2048}" \
+        "${jobs[@]}" \
+        -print_final_stats=1
+}
+
+case "${1:-}" in
+    build) shift; build "$@" ;;
+    run) shift; run "$@" ;;
+    all)
+        shift
+        for t in "${TARGETS[@]}"; do run "$t" "${1:-1000000}"; done
+        ;;
+    replay)
+        cd ..
+        cargo test -p blindkd-engine --test fuzz_regressions
+        ;;
+    list) printf '%s\n' "${TARGETS[@]}" ;;
+    *)
+        sed -n '2,27p' "$0"
+        exit 2
+        ;;
+esac
