@@ -108,9 +108,9 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
         leaf_size: None,
         out: index_path.clone(),
         progress: false,
+        owner_key: Some(key_path.clone()),
     };
     let (report, opaque_ids) = blindkd_indexer::build::build(&mut owner, &ds, &job)?;
-    owner.save(&key_path)?;
     println!(
         "    {} records ({} rows skipped: missing cells), {} columns, z-scored (distances in standard deviations)",
         report.records, ds.report.rows_skipped_missing, report.columns.len()

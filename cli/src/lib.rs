@@ -510,9 +510,9 @@ fn index(a: &IndexArgs) -> anyhow::Result<()> {
         leaf_size: a.leaf_size,
         out: a.out.clone(),
         progress: !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        owner_key: Some(a.key.clone()),
     };
     let (report, _) = blindkd_indexer::build::build(&mut owner, &ds, &job)?;
-    owner.save(&a.key)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -179,6 +179,21 @@ pub fn encode_file<B: Serialize>(header: &IndexHeader, body: &IndexBody<B>) -> R
 
 /// Writes bytes atomically: temp file in the same directory, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    stage(path, bytes)?.commit()
+}
+
+/// A file written and fsynced under a temporary name next to its target, not yet renamed into place.
+/// Dropping it without [`Staged::commit`] removes the temporary file.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    done: bool,
+}
+
+/// First half of [`write_atomic`]: the slow part (write + fsync) under a temporary name.
+pub fn stage(path: &Path, bytes: &[u8]) -> Result<Staged> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -191,22 +206,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         name.to_string_lossy(),
         std::process::id()
     ));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        if let Ok(d) = std::fs::File::open(&dir) {
+    let staged = Staged {
+        tmp: tmp.clone(),
+        path: path.to_path_buf(),
+        dir,
+        done: false,
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Second half: rename over the target and persist the rename.
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        self.done = true;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
             // Persist the rename; not all platforms allow fsync on a directory.
             let _ = d.sync_all();
         }
         Ok(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
     }
-    res
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// A file split and checked at the framing level: header parsed, body bytes checksummed.

@@ -171,8 +171,11 @@ impl OwnerKey {
 
     /// Finds an index record by hex id or name.
     pub fn find_index(&self, which: &str) -> Option<&IndexRecord> {
+        // Newest first: after a crash mid-rebuild the key may hold two records of one name, and the
+        // newer one is the file on disk.
         self.indexes
             .iter()
+            .rev()
             .find(|r| crate::index::id_hex(&r.index_id) == which || r.name == which)
     }
 

@@ -865,7 +865,6 @@ fn compat_v1_plain_fixture_opens_and_answers() {
 /// rows whose values exceed the encoding bound (|x̃| < 2^31, ‖x̃‖² < 2^62), or use
 /// `checked_mul`/`checked_add` in `evaluate` and return `Error::InvalidInput`.
 #[test]
-#[ignore = "known bug: plain evaluate overflows i128 on extreme index rows × query (see doc)"]
 fn plain_extreme_rows_and_query_do_not_panic() {
     let (_, header, mut body) = plain();
     for c in &mut body.classes {

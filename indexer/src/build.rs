@@ -8,7 +8,7 @@ use blindkd_engine::crypto::mlhe::Mlhe;
 use blindkd_engine::crypto::plain::Plain;
 use blindkd_engine::crypto::SchemeId;
 use blindkd_engine::encoding::Schema;
-use blindkd_engine::index::{id_hex, write_atomic, SchemeParams};
+use blindkd_engine::index::{id_hex, SchemeParams};
 use blindkd_engine::owner::{build_index, BuildOptions, IndexRecord, OwnerKey, OwnerRecord};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -35,6 +35,8 @@ pub struct IndexJob {
     pub out: PathBuf,
     /// Show a progress bar.
     pub progress: bool,
+    /// The owner key file to update crash-safely (see [`build`]); `None` leaves saving to the caller.
+    pub owner_key: Option<PathBuf>,
 }
 
 /// What was built (printed by `blindkd index`, `--json` too).
@@ -123,8 +125,22 @@ pub fn build(
     )?;
     bar.finish_and_clear();
     let build_seconds = t.elapsed().as_secs_f64();
+    // Crash-safe order: (1) write and fsync the new file under a temporary name, the slow part;
+    // (2) record the new index in the owner key, keeping the old record of the same name; (3) rename
+    // the file into place; (4) drop the old record. A crash in (1) changes nothing; after (3) the file
+    // on disk has its record in the key (`find_index` prefers the newest record of a name).
     let t = Instant::now();
-    write_atomic(&job.out, &bytes).with_context(|| format!("writing {}", job.out.display()))?;
+    let staged = blindkd_engine::index::stage(&job.out, &bytes)
+        .with_context(|| format!("writing {}", job.out.display()))?;
+    owner.indexes.push(record.clone());
+    if let Some(k) = &job.owner_key {
+        owner
+            .save(k)
+            .with_context(|| format!("saving {}", k.display()))?;
+    }
+    staged
+        .commit()
+        .with_context(|| format!("renaming into {}", job.out.display()))?;
     let write_seconds = t.elapsed().as_secs_f64();
     let mut classes: Vec<(String, usize)> = Vec::new();
     for r in &records {
@@ -151,8 +167,14 @@ pub fn build(
         write_seconds,
         file_bytes: bytes.len() as u64,
     };
-    owner.indexes.retain(|r| r.name != record.name);
-    owner.indexes.push(record);
+    owner
+        .indexes
+        .retain(|r| r.name != record.name || r.index_id == record.index_id);
+    if let Some(k) = &job.owner_key {
+        owner
+            .save(k)
+            .with_context(|| format!("saving {}", k.display()))?;
+    }
     Ok((report, ids))
 }
 

@@ -117,6 +117,7 @@ impl Fixture {
             leaf_size: Some(spec.leaf),
             out: out.clone(),
             progress: false,
+            owner_key: None,
         };
         let (report, record_ids) = blindkd_indexer::build::build(&mut owner, &ds, &job).unwrap();
         let index = blindkd_engine::protocol::open_index(&out).unwrap();

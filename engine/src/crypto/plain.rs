@@ -77,11 +77,19 @@ impl Scheme for Plain {
     }
 
     fn evaluate(&self, w: &Vec<i64>, block: &PlainBlock) -> Result<Vec<u8>> {
-        let out: Vec<i128> = block
+        // i64 × i64 always fits i128, but a sum of up to MAX_DIM + 1 of them need not: index rows and
+        // queries come from outside, so overflow is an error, not a panic or a wrong answer.
+        let overflow =
+            || Error::InvalidInput("inner product overflows: values out of range".into());
+        let out = block
             .rows
             .iter()
-            .map(|r| r.iter().zip(w).map(|(&a, &b)| a as i128 * b as i128).sum())
-            .collect();
+            .map(|r| {
+                r.iter().zip(w).try_fold(0i128, |acc, (&a, &b)| {
+                    acc.checked_add(a as i128 * b as i128).ok_or_else(overflow)
+                })
+            })
+            .collect::<Result<Vec<i128>>>()?;
         postcard::to_allocvec(&out).map_err(|e| Error::malformed("plain reply", e))
     }
 }
@@ -131,8 +139,9 @@ impl super::ClientScheme for Plain {
         }
         ips.iter()
             .map(|&ip| {
-                u128::try_from(ip + plan.q_norm)
-                    .map_err(|_| Error::Crypto("negative squared distance".into()))
+                ip.checked_add(plan.q_norm)
+                    .and_then(|d| u128::try_from(d).ok())
+                    .ok_or_else(|| Error::Crypto("reply does not open to a valid distance".into()))
             })
             .collect()
     }
