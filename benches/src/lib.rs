@@ -14,6 +14,7 @@
 
 pub mod data;
 pub mod lanes;
+pub mod load;
 pub mod micro;
 pub mod report;
 

@@ -53,6 +53,8 @@ pub enum Cmd {
     Demo(DemoArgs),
     /// Benchmark grid (see benches/README.md).
     Bench(blindkd_benches::BenchArgs),
+    /// Bounded load test against a loopback server (see benches/README.md).
+    Load(blindkd_benches::load::LoadArgs),
 }
 
 /// `keygen`.
@@ -392,6 +394,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Cmd::Query(a) => query(&a),
                 Cmd::Demo(a) => demo(&a),
                 Cmd::Bench(a) => blindkd_benches::run(&a),
+                Cmd::Load(a) => blindkd_benches::load::run(&a),
                 Cmd::Serve(_) => unreachable!("handled above"),
             }
         }
