@@ -133,71 +133,6 @@ impl Product {
     }
 }
 
-/// The finish steps `Mlhe::finish` is meant to run besides the INTTs and the mod-switch (DESIGN
-/// §3.1: re-randomise with `Enc_pk(0)`, flood ±2^FLOOD_BITS), rebuilt from fhe-math with the same
-/// calls. In release builds of the engine at this commit these steps are skipped (see
-/// `benches/README.md`, "Engine bug"), so `evaluate` alone under-reports the designed cost.
-pub struct MissingFinish {
-    ctx: std::sync::Arc<fhe_math::rq::Context>,
-    pk: [fhe_math::rq::Poly; 2],
-    c: [fhe_math::rq::Poly; 2],
-}
-
-impl MissingFinish {
-    /// Random operands at the top level.
-    pub fn new() -> anyhow::Result<Self> {
-        use fhe_math::rq::{Poly, Representation};
-        let p = Mlhe::new()?.params();
-        let par = fhe::bfv::BfvParametersBuilder::new()
-            .set_degree(p.degree as usize)
-            .set_plaintext_modulus(1u64 << p.t_bits)
-            .set_moduli_sizes(&p.moduli_bits.map(|b| b as usize))
-            .build_arc()?;
-        let ctx = par.context_at_level(0)?.clone();
-        let mut rng = rand::rng();
-        let r = |rng: &mut _| Poly::random(&ctx, Representation::Ntt, rng);
-        Ok(MissingFinish {
-            pk: [r(&mut rng), r(&mut rng)],
-            c: [r(&mut rng), r(&mut rng)],
-            ctx,
-        })
-    }
-
-    /// Runs the skipped steps once: u ← small (NTT), c += pk·u, e2 ← small (power basis),
-    /// flood polynomial, two additions.
-    pub fn run(&self) -> anyhow::Result<()> {
-        use fhe_math::rq::traits::TryConvertFrom;
-        use fhe_math::rq::{Poly, Representation};
-        let mut rng = rand::rng();
-        let mut c0 = self.c[0].clone();
-        let mut c1 = self.c[1].clone();
-        let u = Poly::small(&self.ctx, Representation::Ntt, 10, &mut rng)?;
-        c0 += &(&self.pk[0] * &u);
-        c1 += &(&self.pk[1] * &u);
-        let mut e2 = Poly::small(&self.ctx, Representation::PowerBasis, 10, &mut rng)?;
-        let b = blindkd_engine::crypto::mlhe::FLOOD_BITS;
-        let ops = self.ctx.moduli_operators();
-        let mut v = vec![0u64; ops.len() * DEGREE];
-        let span_mask = (1u128 << (b + 1)) - 1;
-        for j in 0..DEGREE {
-            let raw = rng.random::<u128>() & span_mask;
-            let (neg, mag) = if raw >= 1u128 << b {
-                (false, raw - (1u128 << b))
-            } else {
-                (true, (1u128 << b) - raw)
-            };
-            for (i, op) in ops.iter().enumerate() {
-                let r = op.reduce_u128(mag);
-                v[i * DEGREE + j] = if neg && r != 0 { **op - r } else { r };
-            }
-        }
-        let flood = Poly::try_convert_from(v, &self.ctx, false, Representation::PowerBasis)?;
-        e2 += &flood;
-        std::hint::black_box((c0, c1, e2));
-        Ok(())
-    }
-}
-
 /// Measures the per-operation costs and returns a Markdown report.
 pub fn run(reps: usize) -> anyhow::Result<String> {
     let d = 10;
@@ -235,10 +170,6 @@ pub fn run(reps: usize) -> anyhow::Result<String> {
         let _ = std::hint::black_box(m.evaluate(&query, &prepared));
     });
     let reply = m.evaluate(&query, &prepared)?;
-    let missing = MissingFinish::new()?;
-    let t_missing = median_us(reps, || {
-        let _ = missing.run();
-    });
     let t_open = median_us(reps, || {
         let _ = std::hint::black_box(m.open(&f.key, &f.session, &reply, &f.plan, &f.refs));
     });
@@ -269,7 +200,11 @@ pub fn run(reps: usize) -> anyhow::Result<String> {
         ),
         (
             "server: ct×pt product only, Σ ctᵢ·Yᵢ (both polys, 11 terms)",
-            format!("{:.2} ms ({:.3} µs/record)", t_product / 1e3, per(t_product)),
+            format!(
+                "{:.2} ms ({:.3} µs/record)",
+                t_product / 1e3,
+                per(t_product)
+            ),
         ),
         (
             "server: `Scheme::evaluate` (product + finish + serialise)",
@@ -284,18 +219,6 @@ pub fn run(reps: usize) -> anyhow::Result<String> {
             ),
         ),
         (
-            "server: finish steps skipped by the engine's release build (Enc_pk(0) re-randomisation + flood), rebuilt",
-            format!("{:.2} ms ({:.3} µs/record)", t_missing / 1e3, per(t_missing)),
-        ),
-        (
-            "server: evaluate as designed ≈ evaluate + skipped steps",
-            format!(
-                "{:.2} ms ({:.3} µs/record)",
-                (t_eval + t_missing) / 1e3,
-                per(t_eval + t_missing)
-            ),
-        ),
-        (
             "client: `open` (parse + decrypt + unmask 8192 rows)",
             format!("{:.2} ms ({:.3} µs/record)", t_open / 1e3, per(t_open)),
         ),
@@ -305,7 +228,11 @@ pub fn run(reps: usize) -> anyhow::Result<String> {
         ),
         (
             "owner: `seal_block` 8192 rows (masks)",
-            format!("{:.2} ms ({:.3} µs/record)", t_sealblock / 1e3, per(t_sealblock)),
+            format!(
+                "{:.2} ms ({:.3} µs/record)",
+                t_sealblock / 1e3,
+                per(t_sealblock)
+            ),
         ),
         ("reply size per block", format!("{} bytes", reply.len())),
         (
