@@ -233,8 +233,6 @@ impl Client {
     ) -> Result<QueryOutcome> {
         let t = Instant::now();
         let q = entry.schema.encode(vector)?;
-        let entry_scheme = entry.scheme.clone();
-        let _ = entry_scheme;
         let mut client = new_query_client(entry, kind, &q, classes, BatchPolicy::default())?;
         let (c, start) = blocking(client, |c| c.start_request()).await?;
         client = c;

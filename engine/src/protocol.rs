@@ -640,7 +640,6 @@ mod client {
     struct Driver<S: ClientScheme> {
         scheme: S,
         index_id: crate::index::IndexId,
-        weights: Vec<u32>,
         keys: HashMap<String, ClassKeys<S>>,
         session: S::Session,
         plan: QueryPlan,
@@ -707,7 +706,6 @@ mod client {
             };
             Ok(Driver {
                 plan: QueryPlan::new(q, &schema.weights()),
-                weights: schema.weights(),
                 index_id: entry.index_id,
                 scheme,
                 keys,
@@ -1024,7 +1022,6 @@ mod client {
             use zeroize::Zeroize;
             self.plan.w.zeroize();
             self.plan.q_norm = 0;
-            let _ = &self.weights;
         }
     }
 }
