@@ -69,6 +69,11 @@ fn replay_qr() {
 }
 
 #[test]
+fn replay_qr_payload() {
+    assert!(replay("qr_payload") > 0);
+}
+
+#[test]
 fn replay_index_file() {
     assert!(replay("index_file") > 0);
 }
@@ -99,10 +104,52 @@ fn fixture_token_and_requests_are_accepted() {
     assert!(harness::hosted_plain()
         .start(&harness::access(), &req)
         .is_ok());
-    let png = std::fs::read(fuzz_dir().join("corpus/qr/seed-token-png")).unwrap();
-    assert_eq!(blindkd_engine::token::scan_qr(&png).unwrap(), t);
-    let jpeg = std::fs::read(fuzz_dir().join("corpus/qr/seed-token-jpeg")).unwrap();
-    assert_eq!(blindkd_engine::token::scan_qr(&jpeg).unwrap(), t);
+    for seed in ["m0-token-png", "m0-token-jpeg"] {
+        let img = std::fs::read(fuzz_dir().join("corpus/qr/seed-".to_owned() + seed)).unwrap();
+        assert_eq!(
+            blindkd_engine::token::scan_qr(&img[1..]).unwrap(),
+            t,
+            "{seed}"
+        );
+    }
+    // The bitmap seeds must scan without rescaling, or the fuzzer never reaches the payload.
+    for seed in ["m1-token-png", "m2-token", "m3-token"] {
+        let data = std::fs::read(fuzz_dir().join("corpus/qr/seed-".to_owned() + seed)).unwrap();
+        let text = match data[0] {
+            1 => {
+                let (w, h, px) = blindkd_engine::token::qr_stages::decode(&data[1..]).unwrap();
+                blindkd_engine::token::qr_stages::scan(w, h, px)
+            }
+            2 => {
+                let w = u32::from(data[1]);
+                let h = (data.len() as u32 - 2) / w;
+                blindkd_engine::token::qr_stages::scan(w, h, data[2..].to_vec())
+            }
+            _ => {
+                let w = usize::from(data[1]);
+                let dark: Vec<bool> = data[2..]
+                    .iter()
+                    .flat_map(|b| (0..8).map(move |i| b & (0x80 >> i) != 0))
+                    .collect();
+                let h = dark.len() / w;
+                blindkd_engine::token::qr_stages::scan_bitmap(w, h, &dark[..w * h])
+            }
+        }
+        .unwrap();
+        assert_eq!(text, t, "{seed}");
+    }
+    for seed in ["token", "token-damaged"] {
+        let data =
+            std::fs::read(fuzz_dir().join("corpus/qr_payload/seed-".to_owned() + seed)).unwrap();
+        let size = 17 + 4 * (1 + usize::from(data[0]));
+        let dark: Vec<bool> = data[1..]
+            .iter()
+            .flat_map(|b| (0..8).map(move |i| b & (0x80 >> i) != 0))
+            .take(size * size)
+            .collect();
+        let text = blindkd_engine::token::qr_stages::decode_modules(size, &dark).unwrap();
+        assert_eq!(text, t, "{seed}: Reed–Solomon corrects one damaged byte");
+    }
     for f in files(&fuzz_dir().join("corpus/index_file")) {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         if name.starts_with("seed-m0-plain") || name.starts_with("seed-m1-") {
@@ -188,34 +235,102 @@ fn generate_seed_corpus() {
     );
     write("token", "cbor-tag-only", &with_mode(1, &[0xd2]));
 
-    // qr: a real token QR (PNG and JPEG), a non-token QR, tiny and broken images.
+    // qr (mode byte first, see the harness): a real token QR (PNG and JPEG), a non-token QR,
+    // tiny and broken images, and the token as 8-bit and 1-bit bitmaps.
     let png = blindkd_engine::token::render_qr_png(&token, 2).unwrap();
-    write("qr", "token-png", &png);
     let img = image::load_from_memory(&png).unwrap();
     let mut jpeg = Vec::new();
     img.write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
         .unwrap();
-    write("qr", "token-jpeg", &jpeg);
-    write(
-        "qr",
-        "hello-png",
-        &blindkd_engine::token::render_qr_png("HELLO WORLD", 3).unwrap(),
-    );
+    let hello = blindkd_engine::token::render_qr_png("HELLO WORLD", 3).unwrap();
     let small = blindkd_engine::token::render_qr_png("BKD1:ABC", 1).unwrap();
-    write("qr", "short-token-png", &small);
-    write("qr", "png-truncated", &png[..png.len() / 2]);
-    write("qr", "png-header-only", &png[..33]);
     let mut blank = Vec::new();
     image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(40, 40, image::Luma([255])))
         .write_to(&mut Cursor::new(&mut blank), image::ImageFormat::Png)
         .unwrap();
-    write("qr", "blank-png", &blank);
     let mut one = Vec::new();
     image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(1, 1, image::Luma([0])))
         .write_to(&mut Cursor::new(&mut one), image::ImageFormat::Png)
         .unwrap();
-    write("qr", "one-pixel-png", &one);
-    write("qr", "not-an-image", b"GIF89a not really");
+    for (mode, tag) in [(0u8, "m0"), (1, "m1")] {
+        write("qr", &format!("{tag}-token-png"), &with_mode(mode, &png));
+        write("qr", &format!("{tag}-token-jpeg"), &with_mode(mode, &jpeg));
+        write("qr", &format!("{tag}-hello-png"), &with_mode(mode, &hello));
+        write(
+            "qr",
+            &format!("{tag}-short-token-png"),
+            &with_mode(mode, &small),
+        );
+        write(
+            "qr",
+            &format!("{tag}-png-truncated"),
+            &with_mode(mode, &png[..png.len() / 2]),
+        );
+        write("qr", &format!("{tag}-blank-png"), &with_mode(mode, &blank));
+        write(
+            "qr",
+            &format!("{tag}-one-pixel-png"),
+            &with_mode(mode, &one),
+        );
+    }
+    write("qr", "m0-png-header-only", &with_mode(0, &png[..33]));
+    write("qr", "m0-not-an-image", &with_mode(0, b"GIF89a not really"));
+    for (text, px, name) in [(token.as_str(), 2, "token"), ("BKD1:ABC", 3, "short-token")] {
+        let gray =
+            image::load_from_memory(&blindkd_engine::token::render_qr_png(text, px).unwrap())
+                .unwrap()
+                .into_luma8();
+        let w = u8::try_from(gray.width()).unwrap();
+        write(
+            "qr",
+            &format!("m2-{name}"),
+            &[&[2, w][..], gray.as_raw()].concat(),
+        );
+        let mut bits = vec![3, w];
+        for byte in gray.as_raw().chunks(8) {
+            let mut b = 0u8;
+            for (i, p) in byte.iter().enumerate() {
+                if *p < 128 {
+                    b |= 0x80 >> i;
+                }
+            }
+            bits.push(b);
+        }
+        write("qr", &format!("m3-{name}"), &bits);
+    }
+    write("qr", "m3-empty", &[3, 0]);
+
+    // qr_payload: module matrices (quiet zone cut off a 1-pixel-per-module render) of the
+    // token, of a short token and of a non-token QR; one with a damaged codeword.
+    for (text, name) in [
+        (token.as_str(), "token"),
+        ("BKD1:ABC", "short-token"),
+        ("HELLO WORLD", "hello"),
+    ] {
+        let gray = image::load_from_memory(&blindkd_engine::token::render_qr_png(text, 1).unwrap())
+            .unwrap()
+            .into_luma8();
+        let size = gray.width() - 8;
+        let version = (size - 17) / 4;
+        let dark: Vec<bool> = (0..size)
+            .flat_map(|y| (0..size).map(move |x| (x, y)))
+            .map(|(x, y)| gray.get_pixel(x + 4, y + 4)[0] < 128)
+            .collect();
+        let mut bits = vec![u8::try_from(version - 1).unwrap()];
+        bits.extend(dark.chunks(8).map(|c| {
+            c.iter()
+                .enumerate()
+                .fold(0u8, |b, (i, d)| if *d { b | 0x80 >> i } else { b })
+        }));
+        write("qr_payload", name, &bits);
+        if name == "token" {
+            let mut damaged = bits.clone();
+            damaged[bits.len() / 2] ^= 0xff;
+            write("qr_payload", "token-damaged", &damaged);
+        }
+    }
+    write("qr_payload", "empty", &[]);
+    write("qr_payload", "v40-blank", &[39]);
 
     // index_file: see the harness for the modes.
     let plain = harness::PLAIN_INDEX;

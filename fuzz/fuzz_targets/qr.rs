@@ -2,5 +2,6 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    blindkd_fuzz::let_rqrr_panics_unwind();
     blindkd_fuzz::harness::qr(data);
 });

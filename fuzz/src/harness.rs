@@ -117,17 +117,81 @@ pub fn token(data: &[u8]) {
     }
 }
 
-/// QR image scanning on arbitrary bytes (PNG/JPEG or not). Images with more than
-/// [`QR_MAX_PIXELS`] pixels are skipped.
+/// QR scanning. First byte selects the mode; the rest is:
+/// 0: an image file through the whole [`scan_qr`](blindkd_engine::token::scan_qr) (decode,
+///    rescale to a 600–2400 px side, three binarisations), skipped above [`QR_MAX_PIXELS`];
+/// 1: an image file through the decoder alone, then the scan at its own size (no rescale);
+/// 2: an 8-bit grayscale bitmap: one byte of width (0 means 256), then pixels row by row;
+/// 3: a 1-bit bitmap: one byte of width, then pixels eight to a byte, most significant bit
+///    first, set = dark, scanned in one pass (there is nothing to binarise): mutations flip QR
+///    modules directly.
+///
+/// Modes 1–3 skip the rescale, which costs ~99 % of a mode-0 execution, so the fuzzer spends
+/// its executions on the image decoder, the detector and the payload decoder. Whatever scans
+/// must be a `BKD1:` text, which then goes through every token decoder.
 pub fn qr(data: &[u8]) {
-    if let Ok(r) = image::ImageReader::new(Cursor::new(data)).with_guessed_format() {
-        if let Ok((w, h)) = r.into_dimensions() {
-            if u64::from(w) * u64::from(h) > QR_MAX_PIXELS {
+    use blindkd_engine::token::{qr_stages, scan_qr};
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let scanned = match mode % 4 {
+        0 => {
+            if let Ok(r) = image::ImageReader::new(Cursor::new(rest)).with_guessed_format() {
+                if let Ok((w, h)) = r.into_dimensions() {
+                    if u64::from(w) * u64::from(h) > QR_MAX_PIXELS {
+                        return;
+                    }
+                }
+            }
+            scan_qr(rest)
+        }
+        1 => match qr_stages::decode(rest) {
+            Ok((w, h, px)) if u64::from(w) * u64::from(h) <= QR_MAX_PIXELS => {
+                qr_stages::scan(w, h, px)
+            }
+            _ => return,
+        },
+        m => {
+            let Some((&w, px)) = rest.split_first() else {
                 return;
+            };
+            let w = if w == 0 { 256 } else { usize::from(w) };
+            if m == 2 {
+                let h = px.len() / w;
+                qr_stages::scan(w as u32, h as u32, px[..w * h].to_vec())
+            } else {
+                let mut dark: Vec<bool> = px
+                    .iter()
+                    .flat_map(|b| (0..8).map(move |i| b & (0x80 >> i) != 0))
+                    .collect();
+                let h = dark.len() / w;
+                dark.truncate(w * h);
+                qr_stages::scan_bitmap(w, h, &dark)
             }
         }
+    };
+    if let Ok(text) = scanned {
+        assert!(text.starts_with("BKD1:"));
+        token_text(&text);
     }
-    if let Ok(text) = blindkd_engine::token::scan_qr(data) {
+}
+
+/// QR payload decoding: a module matrix straight into the decoder the detector feeds (format
+/// and version bits, unmasking, Reed–Solomon, segments), then every token decoder. First byte:
+/// the version, `1 + byte % 40` (side `17 + 4 × version`); the rest: modules eight to a byte,
+/// most significant bit first, set = dark, missing ones light.
+pub fn qr_payload(data: &[u8]) {
+    let Some((&v, bits)) = data.split_first() else {
+        return;
+    };
+    let size = 17 + 4 * (1 + usize::from(v % 40));
+    let mut dark: Vec<bool> = bits
+        .iter()
+        .flat_map(|b| (0..8).map(move |i| b & (0x80 >> i) != 0))
+        .take(size * size)
+        .collect();
+    dark.resize(size * size, false);
+    if let Ok(text) = blindkd_engine::token::qr_stages::decode_modules(size, &dark) {
         assert!(text.starts_with("BKD1:"));
         token_text(&text);
     }
@@ -368,6 +432,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("token", token),
     ("qr", qr),
+    ("qr_payload", qr_payload),
     ("index_file", index_file),
     ("start_request", start_request),
     ("block_request", block_request),

@@ -65,6 +65,12 @@ pub fn render_qr_svg(text: &str) -> Result<String> {
 /// Finds a `BKD1:` token in a PNG or JPEG image (a screenshot or a photograph of the QR code)
 /// and returns its text. Other QR codes in the image are ignored.
 pub fn scan_qr(image_bytes: &[u8]) -> Result<String> {
+    scan_gray(&normalize_size(decode_gray(image_bytes)?))
+}
+
+/// The first stage of [`scan_qr`]: decodes a PNG or JPEG file to 8-bit grayscale under the
+/// scanner's size and allocation limits.
+fn decode_gray(image_bytes: &[u8]) -> Result<GrayImage> {
     let what = "QR image";
     if image_bytes.len() > MAX_IMAGE_BYTES {
         return Err(Error::LimitExceeded(format!(
@@ -84,11 +90,80 @@ pub fn scan_qr(image_bytes: &[u8]) -> Result<String> {
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_IMAGE_ALLOC);
     reader.limits(limits);
-    let gray = reader
+    Ok(reader
         .decode()
         .map_err(|e| Error::malformed(what, e))?
-        .into_luma8();
-    scan_gray(&normalize_size(gray))
+        .into_luma8())
+}
+
+/// The stages of [`scan_qr`] one at a time, for the fuzzer (`fuzz/src/harness.rs`), which
+/// cannot afford the rescaling on every input. Not a stable API.
+#[doc(hidden)]
+pub mod stages {
+    use super::{decode_gray, detect, guarded, no_token, scan_gray, Attempt, GrayImage};
+    use crate::{Error, Result};
+
+    /// Stage 1: the image decoder with the scanner's limits; `(width, height, pixels)`, one
+    /// byte per pixel, row-major.
+    pub fn decode(image_bytes: &[u8]) -> Result<(u32, u32, Vec<u8>)> {
+        let gray = decode_gray(image_bytes)?;
+        let (w, h) = gray.dimensions();
+        Ok((w, h, gray.into_raw()))
+    }
+
+    /// Stage 3 (stage 2 rescales): the three binarisations, grid detection and decoding on a
+    /// grayscale image exactly as given.
+    pub fn scan(width: u32, height: u32, pixels: Vec<u8>) -> Result<String> {
+        let gray = GrayImage::from_raw(width, height, pixels)
+            .ok_or_else(|| Error::InvalidInput("pixel buffer does not match its size".into()))?;
+        scan_gray(&gray)
+    }
+
+    /// Stage 4 alone: decodes a QR module matrix (`dark[row * size + column]`, no quiet zone)
+    /// as the detector hands each grid it found to the payload decoder: format and version
+    /// bits, unmasking, Reed–Solomon correction, segment decoding, then the `BKD1:` check.
+    pub fn decode_modules(size: usize, dark: &[bool]) -> Result<String> {
+        struct Modules<'a> {
+            size: usize,
+            dark: &'a [bool],
+        }
+        impl rqrr::BitGrid for Modules<'_> {
+            fn size(&self) -> usize {
+                self.size
+            }
+            fn bit(&self, y: usize, x: usize) -> bool {
+                self.dark[y * self.size + x]
+            }
+        }
+        if size.checked_mul(size) != Some(dark.len()) {
+            return Err(Error::InvalidInput(
+                "module matrix does not match its size".into(),
+            ));
+        }
+        let grid = rqrr::Grid::new(Modules { size, dark });
+        match guarded(|| detect(std::iter::once(grid.decode()))) {
+            Attempt::Token(text) => Ok(text),
+            Attempt::NoGrid => Err(no_token(None)),
+            Attempt::Problem(p) => Err(no_token(Some(p))),
+        }
+    }
+
+    /// Stage 3 on an image that is already black and white (`dark[y * width + x]`): one
+    /// detection and decoding pass, as each of the three binarisations runs.
+    pub fn scan_bitmap(width: usize, height: usize, dark: &[bool]) -> Result<String> {
+        if width.checked_mul(height) != Some(dark.len()) {
+            return Err(Error::InvalidInput("bitmap does not match its size".into()));
+        }
+        match guarded(|| {
+            let mut prepared =
+                rqrr::PreparedImage::prepare_from_bitmap(width, height, |x, y| dark[y * width + x]);
+            detect(prepared.detect_grids().iter().map(|g| g.decode()))
+        }) {
+            Attempt::Token(text) => Ok(text),
+            Attempt::NoGrid => Err(no_token(None)),
+            Attempt::Problem(p) => Err(no_token(Some(p))),
+        }
+    }
 }
 
 /// Images are scanned at a longest side between these bounds, in pixels: small renders are
@@ -124,12 +199,11 @@ enum Attempt {
 /// threshold of our own: the detector's threshold loses thin white rings around finder
 /// patterns once the edges are blurred, as in photographs.
 fn scan_gray(gray: &GrayImage) -> Result<String> {
-    let what = "QR image";
     let (w, h) = (gray.width() as usize, gray.height() as usize);
     let mut problem = None;
     for strategy in 0..3 {
         let attempt = guarded(|| {
-            let prepared = match strategy {
+            let mut prepared = match strategy {
                 // rqrr only asks for coordinates inside the w×h it was given.
                 0 => rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| {
                     gray.get_pixel(x as u32, y as u32)[0]
@@ -145,22 +219,7 @@ fn scan_gray(gray: &GrayImage) -> Result<String> {
                     rqrr::PreparedImage::prepare_from_bitmap(w, h, |x, y| dark[y * w + x])
                 }
             };
-            let mut prepared = prepared;
-            let grids = prepared.detect_grids();
-            if grids.is_empty() {
-                return Attempt::NoGrid;
-            }
-            let mut problem = String::new();
-            for grid in grids {
-                match grid.decode() {
-                    Ok((_, content)) if content.starts_with(TOKEN_PREFIX) => {
-                        return Attempt::Token(content)
-                    }
-                    Ok(_) => problem = format!("the QR code found is not a {TOKEN_PREFIX} token"),
-                    Err(e) => problem = format!("a QR code was found but did not decode: {e}"),
-                }
-            }
-            Attempt::Problem(problem)
+            detect(prepared.detect_grids().iter().map(|g| g.decode()))
         });
         match attempt {
             Attempt::Token(text) => return Ok(text),
@@ -168,12 +227,42 @@ fn scan_gray(gray: &GrayImage) -> Result<String> {
             Attempt::Problem(p) => problem = Some(p),
         }
     }
-    Err(Error::malformed(
-        what,
+    Err(no_token(problem))
+}
+
+/// Reads what the grids found in one binarised image decoded to (`grid.decode()` each, in
+/// order), stopping at the first token.
+fn detect(
+    decoded: impl Iterator<Item = Result<(rqrr::MetaData, String), rqrr::DeQRError>>,
+) -> Attempt {
+    let mut found = false;
+    let mut problem = String::new();
+    for result in decoded {
+        found = true;
+        match result {
+            Ok((_, content)) if content.starts_with(TOKEN_PREFIX) => {
+                return Attempt::Token(content)
+            }
+            Ok(_) => problem = format!("the QR code found is not a {TOKEN_PREFIX} token"),
+            Err(e) => problem = format!("a QR code was found but did not decode: {e}"),
+        }
+    }
+    if found {
+        Attempt::Problem(problem)
+    } else {
+        Attempt::NoGrid
+    }
+}
+
+/// The error for an image without a token; `problem` is what the last attempt that found a
+/// grid saw.
+fn no_token(problem: Option<String>) -> Error {
+    Error::malformed(
+        "QR image",
         problem.unwrap_or_else(|| {
             "no QR code found; photograph it flat, in focus, filling most of the frame".into()
         }),
-    ))
+    )
 }
 
 /// Runs the QR detector, turning a panic inside it into a failed attempt.
