@@ -112,43 +112,20 @@ fn fixture_token_and_requests_are_accepted() {
             "{seed}"
         );
     }
-    // The bitmap seeds must scan without rescaling, or the fuzzer never reaches the payload.
+    // The bitmap and module seeds must scan without rescaling, or the fuzzer never reaches
+    // the payload; Reed–Solomon corrects the damaged module seed.
     for seed in ["m1-token-png", "m2-token", "m3-token"] {
         let data = std::fs::read(fuzz_dir().join("corpus/qr/seed-".to_owned() + seed)).unwrap();
-        let text = match data[0] {
-            1 => {
-                let (w, h, px) = blindkd_engine::token::qr_stages::decode(&data[1..]).unwrap();
-                blindkd_engine::token::qr_stages::scan(w, h, px)
-            }
-            2 => {
-                let w = u32::from(data[1]);
-                let h = (data.len() as u32 - 2) / w;
-                blindkd_engine::token::qr_stages::scan(w, h, data[2..].to_vec())
-            }
-            _ => {
-                let w = usize::from(data[1]);
-                let dark: Vec<bool> = data[2..]
-                    .iter()
-                    .flat_map(|b| (0..8).map(move |i| b & (0x80 >> i) != 0))
-                    .collect();
-                let h = dark.len() / w;
-                blindkd_engine::token::qr_stages::scan_bitmap(w, h, &dark[..w * h])
-            }
-        }
-        .unwrap();
-        assert_eq!(text, t, "{seed}");
+        assert_eq!(harness::qr_scan(&data).unwrap().unwrap(), t, "{seed}");
     }
     for seed in ["token", "token-damaged"] {
-        let data =
-            std::fs::read(fuzz_dir().join("corpus/qr_payload/seed-".to_owned() + seed)).unwrap();
-        let size = 17 + 4 * (1 + usize::from(data[0]));
-        let dark: Vec<bool> = data[1..]
-            .iter()
-            .flat_map(|b| (0..8).map(move |i| b & (0x80 >> i) != 0))
-            .take(size * size)
-            .collect();
-        let text = blindkd_engine::token::qr_stages::decode_modules(size, &dark).unwrap();
-        assert_eq!(text, t, "{seed}: Reed–Solomon corrects one damaged byte");
+        let path = fuzz_dir().join("corpus/qr_payload/seed-".to_owned() + seed);
+        let data = std::fs::read(path).unwrap();
+        assert_eq!(
+            harness::qr_payload_scan(&data).unwrap().unwrap(),
+            t,
+            "{seed}"
+        );
     }
     for f in files(&fuzz_dir().join("corpus/index_file")) {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
@@ -157,6 +134,11 @@ fn fixture_token_and_requests_are_accepted() {
             blindkd_engine::protocol::open_index_bytes(&data[1..], Path::new("x")).unwrap();
         }
     }
+}
+
+/// Dark pixels of a grayscale render, row by row.
+fn dark(gray: &image::GrayImage) -> Vec<bool> {
+    gray.as_raw().iter().map(|&p| p < 128).collect()
 }
 
 fn write(target: &str, name: &str, data: &[u8]) {
@@ -286,16 +268,7 @@ fn generate_seed_corpus() {
             &format!("m2-{name}"),
             &[&[2, w][..], gray.as_raw()].concat(),
         );
-        let mut bits = vec![3, w];
-        for byte in gray.as_raw().chunks(8) {
-            let mut b = 0u8;
-            for (i, p) in byte.iter().enumerate() {
-                if *p < 128 {
-                    b |= 0x80 >> i;
-                }
-            }
-            bits.push(b);
-        }
+        let bits = [&[3, w][..], &harness::pack_bits(&dark(&gray))].concat();
         write("qr", &format!("m3-{name}"), &bits);
     }
     write("qr", "m3-empty", &[3, 0]);
@@ -311,17 +284,9 @@ fn generate_seed_corpus() {
             .unwrap()
             .into_luma8();
         let size = gray.width() - 8;
-        let version = (size - 17) / 4;
-        let dark: Vec<bool> = (0..size)
-            .flat_map(|y| (0..size).map(move |x| (x, y)))
-            .map(|(x, y)| gray.get_pixel(x + 4, y + 4)[0] < 128)
-            .collect();
-        let mut bits = vec![u8::try_from(version - 1).unwrap()];
-        bits.extend(dark.chunks(8).map(|c| {
-            c.iter()
-                .enumerate()
-                .fold(0u8, |b, (i, d)| if *d { b | 0x80 >> i } else { b })
-        }));
+        let inner = image::imageops::crop_imm(&gray, 4, 4, size, size).to_image();
+        let version = u8::try_from((size - 17) / 4).unwrap();
+        let bits = [&[version - 1][..], &harness::pack_bits(&dark(&inner))].concat();
         write("qr_payload", name, &bits);
         if name == "token" {
             let mut damaged = bits.clone();

@@ -130,16 +130,22 @@ pub fn token(data: &[u8]) {
 /// its executions on the image decoder, the detector and the payload decoder. Whatever scans
 /// must be a `BKD1:` text, which then goes through every token decoder.
 pub fn qr(data: &[u8]) {
+    if let Some(Ok(text)) = qr_scan(data) {
+        assert!(text.starts_with("BKD1:"));
+        token_text(&text);
+    }
+}
+
+/// What [`qr`] scans from `data` (`None`: skipped, too large or too short).
+pub fn qr_scan(data: &[u8]) -> Option<blindkd_engine::Result<String>> {
     use blindkd_engine::token::{qr_stages, scan_qr};
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
-    let scanned = match mode % 4 {
+    let (&mode, rest) = data.split_first()?;
+    Some(match mode % 4 {
         0 => {
             if let Ok(r) = image::ImageReader::new(Cursor::new(rest)).with_guessed_format() {
                 if let Ok((w, h)) = r.into_dimensions() {
                     if u64::from(w) * u64::from(h) > QR_MAX_PIXELS {
-                        return;
+                        return None;
                     }
                 }
             }
@@ -149,31 +155,22 @@ pub fn qr(data: &[u8]) {
             Ok((w, h, px)) if u64::from(w) * u64::from(h) <= QR_MAX_PIXELS => {
                 qr_stages::scan(w, h, px)
             }
-            _ => return,
+            _ => return None,
         },
         m => {
-            let Some((&w, px)) = rest.split_first() else {
-                return;
-            };
+            let (&w, px) = rest.split_first()?;
             let w = if w == 0 { 256 } else { usize::from(w) };
             if m == 2 {
                 let h = px.len() / w;
                 qr_stages::scan(w as u32, h as u32, px[..w * h].to_vec())
             } else {
-                let mut dark: Vec<bool> = px
-                    .iter()
-                    .flat_map(|b| (0..8).map(move |i| b & (0x80 >> i) != 0))
-                    .collect();
+                let mut dark = unpack_bits(px);
                 let h = dark.len() / w;
                 dark.truncate(w * h);
                 qr_stages::scan_bitmap(w, h, &dark)
             }
         }
-    };
-    if let Ok(text) = scanned {
-        assert!(text.starts_with("BKD1:"));
-        token_text(&text);
-    }
+    })
 }
 
 /// QR payload decoding: a module matrix straight into the decoder the detector feeds (format
@@ -181,20 +178,40 @@ pub fn qr(data: &[u8]) {
 /// the version, `1 + byte % 40` (side `17 + 4 × version`); the rest: modules eight to a byte,
 /// most significant bit first, set = dark, missing ones light.
 pub fn qr_payload(data: &[u8]) {
-    let Some((&v, bits)) = data.split_first() else {
-        return;
-    };
-    let size = 17 + 4 * (1 + usize::from(v % 40));
-    let mut dark: Vec<bool> = bits
-        .iter()
-        .flat_map(|b| (0..8).map(move |i| b & (0x80 >> i) != 0))
-        .take(size * size)
-        .collect();
-    dark.resize(size * size, false);
-    if let Ok(text) = blindkd_engine::token::qr_stages::decode_modules(size, &dark) {
+    if let Some(Ok(text)) = qr_payload_scan(data) {
         assert!(text.starts_with("BKD1:"));
         token_text(&text);
     }
+}
+
+/// What [`qr_payload`] decodes from `data` (`None`: empty input).
+pub fn qr_payload_scan(data: &[u8]) -> Option<blindkd_engine::Result<String>> {
+    let (&v, bits) = data.split_first()?;
+    let size = 17 + 4 * (1 + usize::from(v % 40));
+    let mut dark = unpack_bits(bits);
+    dark.resize(size * size, false);
+    Some(blindkd_engine::token::qr_stages::decode_modules(
+        size, &dark,
+    ))
+}
+
+/// Bits eight to a byte, most significant first.
+pub fn unpack_bits(bytes: &[u8]) -> Vec<bool> {
+    bytes
+        .iter()
+        .flat_map(|b| (0..8).map(move |i| b & (0x80 >> i) != 0))
+        .collect()
+}
+
+/// The inverse of [`unpack_bits`]; the last byte is padded with zeros.
+pub fn pack_bits(bits: &[bool]) -> Vec<u8> {
+    bits.chunks(8)
+        .map(|c| {
+            c.iter()
+                .enumerate()
+                .fold(0u8, |b, (i, &d)| if d { b | 0x80 >> i } else { b })
+        })
+        .collect()
 }
 
 /// Frames header and body bytes into an index file with a valid checksum.
