@@ -62,7 +62,7 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     let mut owner = OwnerKey::generate("demo-hospital")?;
     owner.save(&key_path)?;
     let issuer_pub = IssuerKey::from_bytes(owner.signing_seed()).public();
-    blindkd_engine::index::write_atomic(
+    blindkd_engine::atomic::write(
         &pub_path(&key_path),
         token::issuer_line(owner.issuer(), &issuer_pub).as_bytes(),
     )?;
@@ -151,8 +151,8 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     );
     let device_path = dir.join("doctor.device");
     let device = DeviceKey::random();
-    blindkd_engine::owner::write_secret_file(&device_path, &device.to_file_bytes())?;
-    blindkd_engine::index::write_atomic(
+    blindkd_engine::atomic::write_private(&device_path, &device.to_file_bytes())?;
+    blindkd_engine::atomic::write(
         &pub_path(&device_path),
         format!("{}\n", device.public()).as_bytes(),
     )?;
@@ -173,10 +173,10 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
         text: false,
     };
     let text = issue_token(&owner, &issue)?;
-    blindkd_engine::index::write_atomic(&token_png, &token::render_qr_png(&text, 6)?)?;
+    blindkd_engine::atomic::write(&token_png, &token::render_qr_png(&text, 6)?)?;
     let bundle = owner.bundle(&["cardiology".into()], None)?;
     let bundle_path = dir.join("doctor.bundle");
-    blindkd_engine::index::write_atomic(
+    blindkd_engine::atomic::write(
         &bundle_path,
         &token::seal_to_device(&device.public(), &bundle.to_bytes()?)?,
     )?;

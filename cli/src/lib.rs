@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use blindkd_engine::crypto::SchemeId;
-use blindkd_engine::owner::{write_secret_file, Bundle, OwnerKey};
+use blindkd_engine::owner::{Bundle, OwnerKey};
 use blindkd_engine::protocol::QueryKind;
 use blindkd_engine::token::{self, Claims, DeviceKey, DevicePublic, IssuerKey, Scope};
 use blindkd_indexer::build::{IndexJob, DEFAULT_BITS};
@@ -438,7 +438,7 @@ fn keygen(a: &KeygenArgs) -> anyhow::Result<()> {
     owner.save(&a.out)?;
     let public = IssuerKey::from_bytes(owner.signing_seed()).public();
     let pubp = pub_path(&a.out);
-    blindkd_engine::index::write_atomic(
+    blindkd_engine::atomic::write(
         &pubp,
         token::issuer_line(owner.issuer(), &public).as_bytes(),
     )?;
@@ -611,9 +611,9 @@ fn device_key(a: &DeviceKeyArgs) -> anyhow::Result<()> {
         );
     }
     let k = DeviceKey::random();
-    write_secret_file(&a.out, &k.to_file_bytes())?;
+    blindkd_engine::atomic::write_private(&a.out, &k.to_file_bytes())?;
     let p = pub_path(&a.out);
-    blindkd_engine::index::write_atomic(&p, format!("{}\n", k.public()).as_bytes())?;
+    blindkd_engine::atomic::write(&p, format!("{}\n", k.public()).as_bytes())?;
     println!(
         "device key: {} (mode 0600, stays on the device)",
         a.out.display()
@@ -716,7 +716,7 @@ fn token_issue(a: &TokenIssueArgs) -> anyhow::Result<()> {
     let owner = OwnerKey::load(&a.key)?;
     let text = issue_token(&owner, a)?;
     let png = token::render_qr_png(&text, 6)?;
-    blindkd_engine::index::write_atomic(&a.out, &png)?;
+    blindkd_engine::atomic::write(&a.out, &png)?;
     println!(
         "token QR: {} ({} bytes of token text, QR version {})",
         a.out.display(),
@@ -725,12 +725,12 @@ fn token_issue(a: &TokenIssueArgs) -> anyhow::Result<()> {
     );
     if a.svg {
         let p = a.out.with_extension("svg");
-        blindkd_engine::index::write_atomic(&p, token::render_qr_svg(&text)?.as_bytes())?;
+        blindkd_engine::atomic::write(&p, token::render_qr_svg(&text)?.as_bytes())?;
         println!("token SVG: {}", p.display());
     }
     if a.text {
         let p = a.out.with_extension("txt");
-        blindkd_engine::index::write_atomic(&p, format!("{text}\n").as_bytes())?;
+        blindkd_engine::atomic::write(&p, format!("{text}\n").as_bytes())?;
         println!("token text: {}", p.display());
     }
     println!(
@@ -806,7 +806,7 @@ fn token_revoke(a: &TokenRevokeArgs) -> anyhow::Result<()> {
         claims.sub,
         now_unix()
     ));
-    blindkd_engine::index::write_atomic(&a.out, list.as_bytes())?;
+    blindkd_engine::atomic::write(&a.out, list.as_bytes())?;
     println!(
         "revoked token {id} (subject {}); servers re-read {} on the next session request",
         claims.sub,
@@ -820,7 +820,7 @@ fn bundle_issue(a: &BundleIssueArgs) -> anyhow::Result<()> {
     let device = read_device_public(&a.device)?;
     let bundle = owner.bundle(&a.classes, a.index.as_deref())?;
     let sealed = token::seal_to_device(&device, &bundle.to_bytes()?)?;
-    blindkd_engine::index::write_atomic(&a.out, &sealed)?;
+    blindkd_engine::atomic::write(&a.out, &sealed)?;
     for e in &bundle.entries {
         let classes: Vec<&str> = e.keys.iter().map(|(c, _)| c.as_str()).collect();
         println!(

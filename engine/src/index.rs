@@ -12,7 +12,6 @@
 //! before allocation and the checksum verified before the body is parsed; then every block is
 //! validated against the header's dimension and scheme.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -175,68 +174,6 @@ pub fn encode_file<B: Serialize>(header: &IndexHeader, body: &IndexBody<B>) -> R
     out.extend_from_slice(sum.as_bytes());
     out.extend_from_slice(END_MAGIC);
     Ok(out)
-}
-
-/// Writes bytes atomically: temp file in the same directory, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    stage(path, bytes)?.commit()
-}
-
-/// A file written and fsynced under a temporary name next to its target, not yet renamed into place.
-/// Dropping it without [`Staged::commit`] removes the temporary file.
-#[derive(Debug)]
-pub struct Staged {
-    tmp: std::path::PathBuf,
-    path: std::path::PathBuf,
-    dir: std::path::PathBuf,
-    done: bool,
-}
-
-/// First half of [`write_atomic`]: the slow part (write + fsync) under a temporary name.
-pub fn stage(path: &Path, bytes: &[u8]) -> Result<Staged> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let staged = Staged {
-        tmp: tmp.clone(),
-        path: path.to_path_buf(),
-        dir,
-        done: false,
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    Ok(staged)
-}
-
-impl Staged {
-    /// Second half: rename over the target and persist the rename.
-    pub fn commit(mut self) -> Result<()> {
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
-        self.done = true;
-        if let Ok(d) = std::fs::File::open(&self.dir) {
-            // Persist the rename; not all platforms allow fsync on a directory.
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
 }
 
 /// A file split and checked at the framing level: header parsed, body bytes checksummed.

@@ -8,6 +8,7 @@
 //! The query server is built without it, so a server binary cannot even name a secret key type.
 #![forbid(unsafe_code)]
 
+pub mod atomic;
 pub mod crypto;
 pub mod encoding;
 mod error;

@@ -134,7 +134,7 @@ impl OwnerKey {
     /// Writes the key file atomically with mode 0600.
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = self.to_file_bytes()?;
-        write_secret_file(path, &bytes)
+        crate::atomic::write_private(path, &bytes)
     }
 
     /// Loads a key file, refusing one that group or others can read.
@@ -289,39 +289,6 @@ impl BundleEntry {
             .find(|(c, _)| c == class)
             .map(|(_, k)| ClassKey::from_bytes(*k))
     }
-}
-
-/// Writes a secret file atomically with mode 0600.
-pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let res = (|| {
-        use std::io::Write;
-        let mut f = opts.open(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
 }
 
 /// Refuses a secret file that group or others may read.

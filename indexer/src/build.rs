@@ -130,7 +130,7 @@ pub fn build(
     // the file into place; (4) drop the old record. A crash in (1) changes nothing; after (3) the file
     // on disk has its record in the key (`find_index` prefers the newest record of a name).
     let t = Instant::now();
-    let staged = blindkd_engine::index::stage(&job.out, &bytes)
+    let staged = blindkd_engine::atomic::stage(&job.out, &bytes)
         .with_context(|| format!("writing {}", job.out.display()))?;
     owner.indexes.push(record.clone());
     if let Some(k) = &job.owner_key {
