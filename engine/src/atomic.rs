@@ -96,6 +96,7 @@ impl Drop for Staged {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
