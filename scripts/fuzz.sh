@@ -7,8 +7,8 @@
 #   scripts/fuzz.sh replay                # the corpus replay test (what CI runs; no cargo-fuzz)
 #   scripts/fuzz.sh list
 #
-# Targets: token, qr, qr_payload, index_file, start_request, block_request, mlhe_query
-# (fuzz/src/harness.rs).
+# Targets: token, qr, qr_payload, index_file, session_request, start_request, block_request,
+# mlhe_query (fuzz/src/harness.rs; session_request: fuzz/src/session.rs).
 #
 # Toolchain: cargo-fuzz needs nightly-only -Z flags. With only a stable toolchain,
 # RUSTC_BOOTSTRAP=1 makes stable accept them (that is what this script does); a nightly
@@ -31,7 +31,7 @@ set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../fuzz"
 
-TARGETS=(token qr qr_payload index_file start_request block_request mlhe_query)
+TARGETS=(token qr qr_payload index_file session_request start_request block_request mlhe_query)
 TOOLCHAIN=${FUZZ_TOOLCHAIN:-stable}
 export RUSTC_BOOTSTRAP=1
 
@@ -84,6 +84,7 @@ case "${1:-}" in
     replay)
         cd ..
         cargo test -p blindkd-engine --test fuzz_regressions
+        cargo test -p blindkd-server --test fuzz_session
         ;;
     list) printf '%s\n' "${TARGETS[@]}" ;;
     *)

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod harness;
+pub mod session;
 
 /// Lets panics raised inside rqrr unwind instead of aborting.
 ///
