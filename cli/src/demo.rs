@@ -60,12 +60,7 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     step(1, "hospital: owner key");
     let key_path = dir.join("hospital.key");
     let mut owner = OwnerKey::generate("demo-hospital")?;
-    owner.save(&key_path)?;
-    let issuer_pub = IssuerKey::from_bytes(owner.signing_seed()).public();
-    blindkd_engine::atomic::write(
-        &pub_path(&key_path),
-        token::issuer_line(owner.issuer(), &issuer_pub).as_bytes(),
-    )?;
+    crate::save_owner_key(&owner, &key_path)?;
     println!(
         "    {} (0600) and {}",
         key_path.display(),
@@ -129,7 +124,10 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     );
     let rt = crate::runtime()?;
     let mut issuers = token::Issuers::new();
-    issuers.insert(owner.issuer(), issuer_pub);
+    issuers.insert(
+        owner.issuer(),
+        IssuerKey::from_bytes(owner.signing_seed()).public(),
+    );
     let state = blindkd_server::AppState::new(blindkd_server::ServerConfig {
         indexes: vec![index_path.clone()],
         issuers,
@@ -151,11 +149,7 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     );
     let device_path = dir.join("doctor.device");
     let device = DeviceKey::random();
-    blindkd_engine::atomic::write_private(&device_path, &device.to_file_bytes())?;
-    blindkd_engine::atomic::write(
-        &pub_path(&device_path),
-        format!("{}\n", device.public()).as_bytes(),
-    )?;
+    crate::save_device_key(&device, &device_path)?;
     let token_png = dir.join("token.png");
     let issue = TokenIssueArgs {
         key: key_path.clone(),

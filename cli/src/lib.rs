@@ -435,13 +435,7 @@ fn keygen(a: &KeygenArgs) -> anyhow::Result<()> {
         bail!("{} exists; pass --force to replace it (bundles for its indexes could no longer be issued)", a.out.display());
     }
     let owner = OwnerKey::generate(&a.issuer)?;
-    owner.save(&a.out)?;
-    let public = IssuerKey::from_bytes(owner.signing_seed()).public();
-    let pubp = pub_path(&a.out);
-    blindkd_engine::atomic::write(
-        &pubp,
-        token::issuer_line(owner.issuer(), &public).as_bytes(),
-    )?;
+    let pubp = save_owner_key(&owner, &a.out)?;
     println!("owner key: {} (mode 0600; keep it secret)", a.out.display());
     println!(
         "issuer public key: {} (give it to the query server)",
@@ -610,10 +604,7 @@ fn device_key(a: &DeviceKeyArgs) -> anyhow::Result<()> {
             a.out.display()
         );
     }
-    let k = DeviceKey::random();
-    blindkd_engine::atomic::write_private(&a.out, &k.to_file_bytes())?;
-    let p = pub_path(&a.out);
-    blindkd_engine::atomic::write(&p, format!("{}\n", k.public()).as_bytes())?;
+    let p = save_device_key(&DeviceKey::random(), &a.out)?;
     println!(
         "device key: {} (mode 0600, stays on the device)",
         a.out.display()
@@ -623,6 +614,28 @@ fn device_key(a: &DeviceKeyArgs) -> anyhow::Result<()> {
         p.display()
     );
     Ok(())
+}
+
+/// Writes the owner key (mode 0600) and, beside it, its issuer line (`.pub`, for the query
+/// server); returns the `.pub` path.
+pub(crate) fn save_owner_key(owner: &OwnerKey, path: &Path) -> anyhow::Result<PathBuf> {
+    owner.save(path)?;
+    let public = IssuerKey::from_bytes(owner.signing_seed()).public();
+    let pubp = pub_path(path);
+    blindkd_engine::atomic::write(
+        &pubp,
+        token::issuer_line(owner.issuer(), &public).as_bytes(),
+    )?;
+    Ok(pubp)
+}
+
+/// Writes a device key (mode 0600) and, beside it, its public half (`.pub`, for the hospital);
+/// returns the `.pub` path.
+pub(crate) fn save_device_key(device: &DeviceKey, path: &Path) -> anyhow::Result<PathBuf> {
+    blindkd_engine::atomic::write_private(path, &device.to_file_bytes())?;
+    let pubp = pub_path(path);
+    blindkd_engine::atomic::write(&pubp, format!("{}\n", device.public()).as_bytes())?;
+    Ok(pubp)
 }
 
 /// Parses `8h`, `30m`, `2d`, `90s`.
