@@ -132,6 +132,50 @@ fn tamper_payload(t: &str) -> String {
     format!("{}{}", token::TOKEN_PREFIX, base45::encode(&bytes))
 }
 
+/// Rewrites the scope's class list inside the signed payload to `to` (re-encoding the COSE
+/// structure around it), keeping the old signature: a class-A token made to claim class B.
+fn tamper_class(t: &str, from: &str, to: &str) -> String {
+    use coset::TaggedCborSerializable;
+    let body = t.strip_prefix(token::TOKEN_PREFIX).unwrap();
+    let mut sign1 = coset::CoseSign1::from_tagged_slice(&base45::decode(body).unwrap()).unwrap();
+    let payload = sign1.payload.take().unwrap();
+    // A CBOR text string of up to 23 bytes: its header byte is 0x60 + length.
+    let text = |s: &str| [&[0x60 + s.len() as u8][..], s.as_bytes()].concat();
+    let (old, new) = (text(from), text(to));
+    let at = payload.windows(old.len()).position(|w| w == old).unwrap();
+    let tampered = [&payload[..at], &new[..], &payload[at + old.len()..]].concat();
+    sign1.payload = Some(tampered);
+    format!(
+        "{}{}",
+        token::TOKEN_PREFIX,
+        base45::encode(&sign1.to_tagged_vec().unwrap())
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_a_token_tampered_to_claim_class_b_opens_nothing() {
+    for fx in [plain(), mlhe()] {
+        let server = TestServer::hosting(&[fx], ServerLimits::default()).await;
+        let device = DeviceKey::random();
+        let class_a = fx.token_with(&device, |c| c.scope.classes = vec!["cardiology".into()]);
+        let tampered = tamper_class(&class_a, "cardiology", "oncology");
+        // The tamper did what an attacker wants: the (unverified) claims now name class B.
+        let claimed = token::decode_unverified(&tampered).unwrap();
+        assert_eq!(claimed.scope.classes, vec!["oncology".to_string()]);
+        assert_eq!(
+            session_refusal(&server, &tampered, &device).await,
+            "bad_signature"
+        );
+        // The untampered token still works, for class A only.
+        let s = server
+            .client()
+            .open_session(&class_a, &device)
+            .await
+            .unwrap();
+        assert_eq!(s.classes, vec!["cardiology".to_string()]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_refusals_have_their_codes() {
     let fx = plain();
