@@ -148,7 +148,7 @@ fn tamper_class(t: &str, from: &str, to: &str) -> String {
     format!(
         "{}{}",
         token::TOKEN_PREFIX,
-        base45::encode(&sign1.to_tagged_vec().unwrap())
+        base45::encode(sign1.to_tagged_vec().unwrap())
     )
 }
 
