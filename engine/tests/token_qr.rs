@@ -166,3 +166,28 @@ fn no_qr_code_is_a_clear_error() {
     let err = scan_qr(b"not an image").unwrap_err().to_string();
     assert!(err.contains("PNG or JPEG"), "{err}");
 }
+
+/// A bitmap the fuzzer found (`fixtures/qr-many-finders.bin`: mode byte, width, then one bit a
+/// pixel): 87×2180 pixels of stripes that look like finder patterns to the detector, whose work
+/// grows about with the cube of the area. It must end in an error, within the scan budget.
+#[test]
+fn a_crafted_many_finder_image_is_refused_not_a_hang() {
+    let data = include_bytes!("fixtures/qr-many-finders.bin");
+    let w = u32::from(data[1]);
+    let bits: Vec<bool> = data[2..]
+        .iter()
+        .flat_map(|b| (0..8).map(move |i| b & (0x80 >> i) != 0))
+        .collect();
+    let h = bits.len() as u32 / w;
+    let img = GrayImage::from_fn(w, h, |x, y| {
+        Luma([if bits[(y * w + x) as usize] { 0 } else { 255 }])
+    });
+    let e = scan_qr(&png(&img)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            blindkd_engine::Error::Malformed { .. } | blindkd_engine::Error::LimitExceeded(_)
+        ),
+        "{e:?}"
+    );
+}

@@ -32,8 +32,8 @@ pub const NOW: i64 = 1_793_491_200;
 pub const AUD: &str = "cardio-2026";
 /// The pinned issuer name.
 pub const ISS: &str = "hospital-a";
-/// Images above this many pixels are skipped by [`qr`] (keeps executions fast; the size limits
-/// of `scan_qr` itself are tested by its unit tests).
+/// Images and bitmaps above this many pixels are skipped by [`qr`] (keeps executions fast; the
+/// size limits and the time budget of `scan_qr` itself are tested by the engine's tests).
 pub const QR_MAX_PIXELS: u64 = 256 * 256;
 
 fn path() -> &'static Path {
@@ -160,6 +160,11 @@ pub fn qr_scan(data: &[u8]) -> Option<blindkd_engine::Result<String>> {
         m => {
             let (&w, px) = rest.split_first()?;
             let w = if w == 0 { 256 } else { usize::from(w) };
+            // Above this size, crafted bitmaps keep the detector busy for seconds (its work grows
+            // about with the cube of the area); `scan_qr` bounds that with its time budget.
+            if (px.len() * if m == 2 { 1 } else { 8 }) as u64 > QR_MAX_PIXELS {
+                return None;
+            }
             if m == 2 {
                 let h = px.len() / w;
                 qr_stages::scan(w as u32, h as u32, px[..w * h].to_vec())

@@ -64,8 +64,46 @@ pub fn render_qr_svg(text: &str) -> Result<String> {
 
 /// Finds a `BKD1:` token in a PNG or JPEG image (a screenshot or a photograph of the QR code)
 /// and returns its text. Other QR codes in the image are ignored.
+///
+/// A scan that has not finished after [`SCAN_BUDGET`] is abandoned with
+/// [`Error::LimitExceeded`]: crafted images full of finder-pattern-like shapes make the
+/// detector's work grow about with the cube of the image area (fuzzing found one that takes
+/// 3 s at 87×2180 pixels; at the largest scanned size it would take many minutes). The detector
+/// cannot be interrupted, so the abandoned scan finishes on its own thread in the background,
+/// or ends with the process.
 pub fn scan_qr(image_bytes: &[u8]) -> Result<String> {
-    scan_gray(&normalize_size(decode_gray(image_bytes)?))
+    let gray = normalize_size(decode_gray(image_bytes)?);
+    with_budget(SCAN_BUDGET, move || scan_gray(&gray))
+}
+
+/// How long [`scan_qr`] waits for the detector. A real photograph or render scans in well under a
+/// second.
+pub const SCAN_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `scan` on its own thread and waits at most `budget` for it.
+fn with_budget(
+    budget: std::time::Duration,
+    scan: impl FnOnce() -> Result<String> + Send + 'static,
+) -> Result<String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("qr-scan".into())
+        .spawn(move || {
+            let _ = tx.send(scan());
+        })
+        .map_err(|e| Error::InvalidInput(format!("starting the QR scanner: {e}")))?;
+    match rx.recv_timeout(budget) {
+        Ok(result) => result,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(Error::LimitExceeded(format!(
+            "the QR scan gave up after {} s: the image has too many QR-like shapes; \
+             photograph the token alone, flat and filling most of the frame",
+            budget.as_secs()
+        ))),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::malformed(
+            "QR image",
+            "the QR detector failed on this image",
+        )),
+    }
 }
 
 /// The first stage of [`scan_qr`]: decodes a PNG or JPEG file to 8-bit grayscale under the
@@ -360,4 +398,36 @@ fn encode(text: &str) -> Result<QrCode> {
         "{} characters do not fit a QR code at ECC level Q",
         text.len()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_scan_within_budget_returns_its_result() {
+        let r = with_budget(SCAN_BUDGET, || Ok("BKD1:X".to_string()));
+        assert_eq!(r.unwrap(), "BKD1:X");
+        let r = with_budget(SCAN_BUDGET, || Err(no_token(None)));
+        assert!(matches!(r, Err(Error::Malformed { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn a_scan_over_budget_is_abandoned_with_limit_exceeded() {
+        // The scan blocks until the test lets it go, far past its 10 ms budget.
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let r = with_budget(std::time::Duration::from_millis(10), move || {
+            let _ = wait.recv();
+            Ok("BKD1:LATE".to_string())
+        });
+        assert!(matches!(r, Err(Error::LimitExceeded(_))), "{r:?}");
+        drop(release);
+    }
+
+    #[test]
+    fn a_scanner_that_dies_is_an_error_not_a_hang() {
+        let r = with_budget(SCAN_BUDGET, || panic!("detector bug"));
+        assert!(matches!(r, Err(Error::Malformed { .. })), "{r:?}");
+    }
 }
