@@ -55,7 +55,7 @@ pub use issuer_file::{issuer_line, parse_issuer_lines};
 pub use pop::{pop_message, verify_pop, MIN_POP_NONCE_LEN};
 #[doc(hidden)]
 pub use qr::stages as qr_stages;
-pub use qr::{qr_version, render_qr_png, render_qr_svg, scan_qr};
+pub use qr::{qr_version, render_qr_png, render_qr_svg, scan_qr, SCAN_BUDGET};
 #[cfg(feature = "client")]
 pub use seal::{open_sealed, seal_to_device};
 
