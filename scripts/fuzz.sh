@@ -19,8 +19,10 @@
 # seeds in fuzz/corpus/TARGET; crashes land in fuzz/artifacts/TARGET/. To keep a crash as a
 # regression, minimise it (`cargo fuzz tmin TARGET ARTIFACT`) and copy it to
 # fuzz/regressions/TARGET/: engine/tests/fuzz_regressions.rs replays it in every test run.
-# To refresh the committed seeds from a long run, minimise the corpus first
-# (`cargo fuzz cmin TARGET fuzz/target-corpus/TARGET`) and copy back only a few dozen small files.
+# The committed corpus is the hand-made seeds (`seed-*`, written by the seed generators in the
+# replay tests) plus the minimised corpus of the last long run (`min-<sha1>`): merge with
+# `fuzz/target/…/TARGET -merge=1 NEWDIR fuzz/corpus/TARGET fuzz/target-corpus/TARGET` and copy the
+# files of NEWDIR that are not seeds to fuzz/corpus/TARGET/min-<sha1 of the file>.
 #
 # Environment: FUZZ_JOBS (parallel libFuzzer jobs, default 1), FUZZ_MAX_LEN (default per target),
 # FUZZ_TIMEOUT (seconds per input, default 10), FUZZ_RSS_MB (default 2048), FUZZ_SANITIZER
