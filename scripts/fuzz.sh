@@ -25,7 +25,7 @@
 # files of NEWDIR that are not seeds to fuzz/corpus/TARGET/min-<sha1 of the file>.
 #
 # Environment: FUZZ_JOBS (parallel libFuzzer jobs, default 1), FUZZ_MAX_LEN (default per target),
-# FUZZ_TIMEOUT (seconds per input, default 10), FUZZ_RSS_MB (default 2048), FUZZ_SANITIZER
+# FUZZ_TIMEOUT (seconds per input, default 10, 120 for qr), FUZZ_RSS_MB (default 2048), FUZZ_SANITIZER
 # (default address; `none` builds into fuzz/target-none, coverage and debug assertions only: the
 # QR targets run ~3x faster so, and every crate on their path but base45 is free of `unsafe`,
 # while base45 is covered under ASan by the token target).
@@ -53,6 +53,15 @@ if [ "$SANITIZER" != address ]; then
     SAN_ARGS+=(--target-dir "target-$SANITIZER")
 fi
 
+timeout_for() {
+    case "$1" in
+        # rqrr's detector has crafted worst cases of seconds to minutes (SECURITY.md §9);
+        # scan_qr bounds them with its time budget, the harness cannot.
+        qr) echo 120 ;;
+        *) echo 10 ;;
+    esac
+}
+
 build() {
     cargo "+$TOOLCHAIN" fuzz build -O --debug-assertions "${SAN_ARGS[@]}" "$@"
 }
@@ -70,7 +79,7 @@ run() {
     cargo "+$TOOLCHAIN" fuzz run -O --debug-assertions "${SAN_ARGS[@]}" "$t" "target-corpus/$t" "corpus/$t" -- \
         -runs="$runs" \
         -max_len="${FUZZ_MAX_LEN:-$(max_len "$t")}" \
-        -timeout="${FUZZ_TIMEOUT:-10}" \
+        -timeout="${FUZZ_TIMEOUT:-$(timeout_for "$t")}" \
         -rss_limit_mb="${FUZZ_RSS_MB:-2048}" \
         "${jobs[@]}" \
         -print_final_stats=1
