@@ -68,7 +68,7 @@ pub fn render_qr_svg(text: &str) -> Result<String> {
 /// A scan that has not finished after [`SCAN_BUDGET`] is abandoned with
 /// [`Error::LimitExceeded`]: crafted images full of finder-pattern-like shapes make the
 /// detector's work grow about with the cube of the image area (fuzzing found one that takes
-/// 3 s at 87×2180 pixels; at the largest scanned size it would take many minutes). The detector
+/// 3 s at 87×2180 pixels; at the largest scanned size it could take many minutes). The detector
 /// cannot be interrupted, so the abandoned scan finishes on its own thread in the background,
 /// or ends with the process.
 pub fn scan_qr(image_bytes: &[u8]) -> Result<String> {
