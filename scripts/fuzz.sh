@@ -7,7 +7,7 @@
 #   scripts/fuzz.sh replay                # the corpus replay test (what CI runs; no cargo-fuzz)
 #   scripts/fuzz.sh list
 #
-# Targets: token, qr, qr_payload, index_file, session_request, start_request, block_request,
+# Targets: token, qr, qr_image, qr_payload, index_file, session_request, start_request, block_request,
 # mlhe_query (fuzz/src/harness.rs; session_request: fuzz/src/session.rs).
 #
 # Toolchain: cargo-fuzz needs nightly-only -Z flags. With only a stable toolchain,
@@ -33,13 +33,14 @@ set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../fuzz"
 
-TARGETS=(token qr qr_payload index_file session_request start_request block_request mlhe_query)
+TARGETS=(token qr qr_image qr_payload index_file session_request start_request block_request mlhe_query)
 TOOLCHAIN=${FUZZ_TOOLCHAIN:-stable}
 export RUSTC_BOOTSTRAP=1
 
 max_len() {
     case "$1" in
         qr) echo 32768 ;;           # small images and bitmaps (the 8-bit token seed is 26 KB)
+        qr_image) echo 32768 ;;     # small PNG and JPEG files (the token JPEG seed is 15 KB)
         qr_payload) echo 4096 ;;    # a version-40 module matrix is 3.9 KB
         index_file) echo 16384 ;;   # the seeds are ≤ 5 KB
         mlhe_query) echo 8192 ;;

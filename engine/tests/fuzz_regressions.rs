@@ -69,6 +69,11 @@ fn replay_qr() {
 }
 
 #[test]
+fn replay_qr_image() {
+    assert!(replay("qr_image") > 0);
+}
+
+#[test]
 fn replay_qr_payload() {
     assert!(replay("qr_payload") > 0);
 }
@@ -254,6 +259,18 @@ fn generate_seed_corpus() {
             &format!("{tag}-one-pixel-png"),
             &with_mode(mode, &one),
         );
+    }
+    // qr_image: the same files without a mode byte.
+    for (name, file) in [
+        ("token-png", &png[..]),
+        ("token-jpeg", &jpeg[..]),
+        ("hello-png", &hello[..]),
+        ("blank-png", &blank[..]),
+        ("one-pixel-png", &one[..]),
+        ("png-truncated", &png[..png.len() / 2]),
+        ("png-header-only", &png[..33]),
+    ] {
+        write("qr_image", name, file);
     }
     write("qr", "m0-png-header-only", &with_mode(0, &png[..33]));
     write("qr", "m0-not-an-image", &with_mode(0, b"GIF89a not really"));

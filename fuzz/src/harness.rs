@@ -178,6 +178,15 @@ pub fn qr_scan(data: &[u8]) -> Option<blindkd_engine::Result<String>> {
     })
 }
 
+/// The QR scanner's image decoder alone (PNG or JPEG, under the scanner's size and allocation
+/// limits): the first thing a doctor's client does with an untrusted image file. Cheap, unlike
+/// the detector behind it, so it can be fuzzed at volume.
+pub fn qr_image(data: &[u8]) {
+    if let Ok((w, h, px)) = blindkd_engine::token::qr_stages::decode(data) {
+        assert_eq!(px.len() as u64, u64::from(w) * u64::from(h));
+    }
+}
+
 /// QR payload decoding: a module matrix straight into the decoder the detector feeds (format
 /// and version bits, unmasking, Reed–Solomon, segments), then every token decoder. First byte:
 /// the version, `1 + byte % 40` (side `17 + 4 × version`); the rest: modules eight to a byte,
@@ -455,6 +464,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("token", token),
     ("qr", qr),
     ("qr_payload", qr_payload),
+    ("qr_image", qr_image),
     ("index_file", index_file),
     ("start_request", start_request),
     ("block_request", block_request),
