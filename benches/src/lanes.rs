@@ -422,6 +422,54 @@ impl Lane for KiddoLane {
     }
 }
 
+/// A server state hosting `built`, with `owner`'s issuer key pinned: what every loopback
+/// benchmark server runs.
+pub(crate) fn loopback_state(
+    owner: &OwnerKey,
+    built: &Built,
+    limits: blindkd_server::ServerLimits,
+) -> anyhow::Result<Arc<blindkd_server::AppState>> {
+    use blindkd_engine::token::{IssuerKey, Issuers};
+    let mut issuers = Issuers::new();
+    issuers.insert(
+        owner.issuer(),
+        IssuerKey::from_bytes(owner.signing_seed()).public(),
+    );
+    let mut indexes = HashMap::new();
+    indexes.insert(built.record.index_id, built.hosted.clone());
+    blindkd_server::AppState::from_indexes(indexes, issuers, None, None, limits)
+}
+
+/// A token signed by `owner` for `built`'s index, bound to `device`, valid for `ttl` from now.
+pub(crate) fn bench_token(
+    owner: &OwnerKey,
+    built: &Built,
+    device: &blindkd_engine::token::DeviceKey,
+    sub: &str,
+    ttl: std::time::Duration,
+    scope: blindkd_engine::token::Scope,
+) -> anyhow::Result<String> {
+    use blindkd_engine::token::{self, Claims, IssuerKey};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let claims = Claims {
+        iss: owner.issuer().to_string(),
+        sub: sub.into(),
+        aud: id_hex(&built.record.index_id),
+        iat: now,
+        nbf: now,
+        exp: now + ttl.as_secs() as i64,
+        cti: token::random_cti(),
+        scope,
+        cnf: device.public().ed25519,
+    };
+    Ok(token::issue(
+        &IssuerKey::from_bytes(owner.signing_seed()),
+        &claims,
+    )?)
+}
+
 /// End to end over loopback: the real HTTP server (`blindkd_server::serve` on 127.0.0.1:0) and the
 /// real HTTP client, with a signed token, proof of possession and a session.
 pub struct HttpLane<'a> {
@@ -440,13 +488,7 @@ impl<'a> HttpLane<'a> {
         owner: &OwnerKey,
         built: &'a Built,
     ) -> anyhow::Result<Self> {
-        use blindkd_engine::token::{self, Claims, DeviceKey, IssuerKey, Scope};
-        let issuer = IssuerKey::from_bytes(owner.signing_seed());
-        let mut issuers = token::Issuers::new();
-        issuers.insert(owner.issuer(), issuer.public());
-        let id = built.record.index_id;
-        let mut indexes = HashMap::new();
-        indexes.insert(id, built.hosted.clone());
+        use blindkd_engine::token::{self, DeviceKey, Scope};
         let limits = blindkd_server::ServerLimits {
             max_query_body: 64 << 20,
             request_timeout: std::time::Duration::from_secs(600),
@@ -454,7 +496,7 @@ impl<'a> HttpLane<'a> {
             blocks: LIMITS,
             ..blindkd_server::ServerLimits::default()
         };
-        let state = blindkd_server::AppState::from_indexes(indexes, issuers, None, None, limits)?;
+        let state = loopback_state(owner, built, limits)?;
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = listener.local_addr()?;
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -462,27 +504,20 @@ impl<'a> HttpLane<'a> {
             let _ = stop_rx.await;
         }));
         let device = DeviceKey::random();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs() as i64;
-        let claims = Claims {
-            iss: owner.issuer().to_string(),
-            sub: "bench-doctor".into(),
-            aud: id_hex(&id),
-            iat: now,
-            nbf: now,
-            exp: now + 24 * 3600,
-            cti: token::random_cti(),
-            scope: Scope {
+        let text = bench_token(
+            owner,
+            built,
+            &device,
+            "bench-doctor",
+            std::time::Duration::from_secs(24 * 3600),
+            Scope {
                 kinds: vec![token::QueryKind::Knn, token::QueryKind::Range],
                 max_k: u32::MAX,
                 max_radius: 1e12,
                 classes: built.record.classes.clone(),
                 budget: u32::MAX,
             },
-            cnf: device.public().ed25519,
-        };
-        let text = token::issue(&issuer, &claims)?;
+        )?;
         let client = blindkd_client::Client::new(&format!("http://{addr}"))?;
         let session = rt
             .block_on(client.open_session(&text, &device))

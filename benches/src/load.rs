@@ -16,7 +16,7 @@ use blindkd_engine::crypto::mlhe::Mlhe;
 use blindkd_engine::index::{id_hex, SchemeParams};
 use blindkd_engine::owner::OwnerKey;
 use blindkd_engine::protocol::{new_query_client, BatchPolicy, QueryKind};
-use blindkd_engine::token::{self, Claims, DeviceKey, IssuerKey, Scope};
+use blindkd_engine::token::{self, DeviceKey, Scope};
 use blindkd_indexer::synth::Distribution;
 
 use crate::{data, lanes};
@@ -98,40 +98,26 @@ pub fn run(a: &LoadArgs) -> anyhow::Result<()> {
         .iter()
         .map(|q| data::knn_truth(data::distances(&d, &built.ids, q), a.k as usize))
         .collect();
-    let issuer = IssuerKey::from_bytes(owner.signing_seed());
-    let mut issuers = token::Issuers::new();
-    issuers.insert(owner.issuer(), issuer.public());
     let id = built.record.index_id;
-    let mut indexes = HashMap::new();
-    indexes.insert(id, built.hosted.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
 
-    let make_token = |device: &DeviceKey| -> anyhow::Result<String> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs() as i64;
-        Ok(token::issue(
-            &issuer,
-            &Claims {
-                iss: owner.issuer().to_string(),
-                sub: "load-doctor".into(),
-                aud: id_hex(&id),
-                iat: now,
-                nbf: now,
-                exp: now + 3 * 3600,
-                cti: token::random_cti(),
-                scope: Scope {
-                    kinds: vec![token::QueryKind::Knn],
-                    max_k: a.k,
-                    max_radius: 0.0,
-                    classes: built.record.classes.clone(),
-                    budget: u32::MAX,
-                },
-                cnf: device.public().ed25519,
+    let make_token = |device: &DeviceKey| {
+        lanes::bench_token(
+            &owner,
+            &built,
+            device,
+            "load-doctor",
+            Duration::from_secs(3 * 3600),
+            Scope {
+                kinds: vec![token::QueryKind::Knn],
+                max_k: a.k,
+                max_radius: 0.0,
+                classes: built.record.classes.clone(),
+                budget: u32::MAX,
             },
-        )?)
+        )
     };
 
     // Phase 1: fixed-rate load.
@@ -139,13 +125,7 @@ pub fn run(a: &LoadArgs) -> anyhow::Result<()> {
         max_concurrent: a.max_concurrent,
         ..blindkd_server::ServerLimits::default()
     };
-    let state = blindkd_server::AppState::from_indexes(
-        indexes.clone(),
-        issuers.clone(),
-        None,
-        None,
-        limits,
-    )?;
+    let state = lanes::loopback_state(&owner, &built, limits)?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -277,7 +257,7 @@ pub fn run(a: &LoadArgs) -> anyhow::Result<()> {
         queue_wait: Duration::from_millis(200),
         ..blindkd_server::ServerLimits::default()
     };
-    let state = blindkd_server::AppState::from_indexes(indexes, issuers, None, None, limits)?;
+    let state = lanes::loopback_state(&owner, &built, limits)?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let base2 = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
