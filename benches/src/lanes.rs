@@ -134,6 +134,8 @@ fn access(classes: Vec<String>) -> Access {
         range: true,
         max_k: u32::MAX,
         max_radius: f64::INFINITY,
+        max_blocks: u32::MAX,
+        max_results: u32::MAX,
     }
 }
 
@@ -516,6 +518,8 @@ impl<'a> HttpLane<'a> {
                 max_radius: 1e12,
                 classes: built.record.classes.clone(),
                 budget: u32::MAX,
+                max_blocks: u32::MAX,
+                max_results: u32::MAX,
             },
         )?;
         let client = blindkd_client::Client::new(&format!("http://{addr}"))?;

@@ -116,6 +116,8 @@ pub fn run(a: &LoadArgs) -> anyhow::Result<()> {
                 max_radius: 0.0,
                 classes: built.record.classes.clone(),
                 budget: u32::MAX,
+                max_blocks: u32::MAX,
+                max_results: u32::MAX,
             },
         )
     };

@@ -133,6 +133,7 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
         issuers,
         revoked: Some(dir.join("revoked.list")),
         audit: Some(dir.join("audit.log")),
+        state: blindkd_server::StateConfig::File(dir.join("server-state.redb")),
         limits: blindkd_server::ServerLimits::default(),
     })?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
@@ -159,7 +160,9 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
         kinds: vec!["knn".into(), "range".into()],
         max_k: 50,
         max_radius: 5.0,
-        budget: 100,
+        budget: 500,
+        max_blocks: 16,
+        max_results: 100,
         ttl: "8h".into(),
         device: pub_path(&device_path),
         out: token_png.clone(),
@@ -196,8 +199,8 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     let client = blindkd_client::Client::new(&format!("http://{addr}"))?;
     let session = rt.block_on(client.open_session(&scanned, &device))?;
     println!(
-        "    session open: classes {:?}, budget {} queries",
-        session.classes, session.budget
+        "    session open: classes {:?}, budget {} of {} units left, at most {} leaf blocks per query",
+        session.classes, session.budget_left, session.budget, session.max_blocks
     );
 
     let q: Vec<f64> = held_out.features.clone();

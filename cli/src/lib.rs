@@ -243,9 +243,16 @@ pub struct TokenIssueArgs {
     /// Largest range radius (user units).
     #[arg(long, default_value_t = 5.0)]
     pub max_radius: f64,
-    /// Query budget.
-    #[arg(long, default_value_t = 500)]
+    /// Budget in units of work over the token's life: one unit per block the server evaluates
+    /// (pivot or leaf) and one per payload it serves.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub budget: u32,
+    /// Most leaf blocks one query may evaluate (each leaf opens the distances of its records).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_blocks: u32,
+    /// Most payloads one range query may fetch (a kNN query may fetch at most k).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_results: u32,
     /// Lifetime, e.g. 8h, 30m, 2d.
     #[arg(long, default_value = "8h")]
     pub ttl: String,
@@ -377,7 +384,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Serve(s) => {
             blindkd_server::init_logging(s.log_json);
             let cfg = s.config()?;
-            runtime()?.block_on(blindkd_server::run(cfg, s.listen))
+            runtime()?.block_on(blindkd_server::run(cfg, s.listen, s.admin()))
         }
         other => {
             init_cli_logging();
@@ -716,6 +723,8 @@ pub fn issue_token(owner: &OwnerKey, a: &TokenIssueArgs) -> anyhow::Result<Strin
             max_radius: a.max_radius,
             classes: a.classes.clone(),
             budget: a.budget,
+            max_blocks: a.max_blocks,
+            max_results: a.max_results,
         },
         cnf: device.ed25519,
     };
@@ -783,8 +792,17 @@ fn token_show(a: &TokenShowArgs) -> anyhow::Result<()> {
     println!("token id   {}", hex::encode(claims.cti));
     println!("classes    {}", claims.scope.classes.join(", "));
     println!(
-        "kinds      {:?}, max k {}, max radius {}, budget {}",
-        claims.scope.kinds, claims.scope.max_k, claims.scope.max_radius, claims.scope.budget
+        "kinds      {:?}, max k {}, max radius {}",
+        claims.scope.kinds, claims.scope.max_k, claims.scope.max_radius
+    );
+    println!(
+        "reach      {} leaf blocks per query, {} payloads per range query (k per kNN query)",
+        claims.scope.max_blocks, claims.scope.max_results
+    );
+    println!(
+        "budget     {} units over the token's life (1 per block evaluated, 1 per payload); \
+         the server's session reply says how many are left",
+        claims.scope.budget
     );
     println!("device     {}", hex::encode(claims.cnf));
     println!("status     {verdict}");

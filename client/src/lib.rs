@@ -61,8 +61,14 @@ pub struct Session {
     pub max_k: u32,
     /// Largest radius.
     pub max_radius: f64,
-    /// Query budget.
+    /// Most leaf blocks one query may evaluate.
+    pub max_blocks: u32,
+    /// Most payloads one range query may fetch (kNN: k).
+    pub max_results: u32,
+    /// Units of work over the token's life (one per block evaluated, one per payload).
     pub budget: u32,
+    /// Units left when the session opened.
+    pub budget_left: u64,
 }
 
 /// One result row as the doctor sees it.
@@ -249,6 +255,21 @@ impl Client {
             client = c;
             step = s;
         }
+        // Payloads while the query lives: the server serves only records of blocks this query
+        // evaluated, at most k (kNN) or the token's max_results (range), in one round trip.
+        let mut payloads = if fetch_payloads {
+            match client.payload_request()? {
+                Some(req) => {
+                    let (reply, _) = self
+                        .post_bin(&format!("{base}/{qid}/payloads"), session, req)
+                        .await?;
+                    client.open_payloads(&reply)?
+                }
+                None => Default::default(),
+            }
+        } else {
+            Default::default()
+        };
         // Free the server's state; failure here does not affect the answer.
         let _ = self
             .http
@@ -257,32 +278,18 @@ impl Client {
             .send()
             .await;
         let hits = client.results();
-        let mut results = Vec::with_capacity(hits.len());
-        for (i, h) in hits.iter().enumerate() {
-            let payload = if fetch_payloads {
-                let url = format!(
-                    "{}/v1/indexes/{}/records/{:016x}/payload",
-                    self.base, session.index_id, h.record_id
-                );
-                let bytes = self
-                    .send(|| self.http.get(&url).bearer_auth(&session.session))
-                    .await?
-                    .bytes()
-                    .await
-                    .map_err(|e| ClientError::Transport(e.to_string()))?;
-                Some(client.open_payload(&h.class, h.record_id, &bytes)?)
-            } else {
-                None
-            };
-            results.push(ResultRow {
+        let results = hits
+            .iter()
+            .enumerate()
+            .map(|(i, h)| ResultRow {
                 rank: i + 1,
                 class: h.class.clone(),
                 record_id: format!("{:016x}", h.record_id),
                 d2: h.d2,
                 distance: entry.schema.decode_distance(h.d2),
-                payload,
-            });
-        }
+                payload: payloads.remove(&h.record_id),
+            })
+            .collect();
         Ok(QueryOutcome {
             results,
             stats: client.stats().clone(),

@@ -343,6 +343,30 @@ pub struct BuildOptions<'a> {
     pub index_id: Option<IndexId>,
 }
 
+/// Smallest padded payload plaintext, in bytes.
+pub const PAYLOAD_MIN_BUCKET: usize = 256;
+/// Past this size, payloads are padded to a multiple of it instead of a power of two.
+pub const PAYLOAD_LINEAR_BUCKET: usize = 64 << 10;
+
+/// The padded length of a payload plaintext of `len` bytes: the next power of two from 256 bytes
+/// up to 64 KiB, then the next multiple of 64 KiB. Sealed lengths then fall into a few buckets,
+/// so the server cannot read a diagnosis off a length (it learns at most the bucket).
+pub fn payload_bucket(len: usize) -> usize {
+    if len <= PAYLOAD_MIN_BUCKET {
+        PAYLOAD_MIN_BUCKET
+    } else if len <= PAYLOAD_LINEAR_BUCKET {
+        len.next_power_of_two()
+    } else {
+        len.div_ceil(PAYLOAD_LINEAR_BUCKET) * PAYLOAD_LINEAR_BUCKET
+    }
+}
+
+/// Pads a JSON payload with spaces to its bucket. JSON ignores trailing white space, so payloads
+/// sealed before padding existed open the same way.
+fn pad_payload(body: &mut Vec<u8>) {
+    body.resize(payload_bucket(body.len()), b' ');
+}
+
 /// AAD binding a payload to its index, class and record id.
 pub fn payload_aad(index_id: &IndexId, class: &str, record_id: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(16 + class.len() + 9);
@@ -501,11 +525,12 @@ pub fn build_index<S: ClientScheme>(
                     ));
                     let rid = opaque[rec_idx];
                     ids.push(rid);
-                    let body = serde_json::to_vec(&OpenedPayload {
+                    let mut body = serde_json::to_vec(&OpenedPayload {
                         record: rec.id.clone(),
                         fields: rec.payload.clone(),
                     })
                     .map_err(|e| Error::malformed("payload", e))?;
+                    pad_payload(&mut body);
                     payloads.push(aead::seal(
                         &payload_key,
                         &payload_aad(&index_id, class, rid),
@@ -556,4 +581,25 @@ pub fn build_index<S: ClientScheme>(
         record,
         record_ids: opaque,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_buckets_are_powers_of_two_then_multiples_of_64k() {
+        assert_eq!(payload_bucket(0), 256);
+        assert_eq!(payload_bucket(256), 256);
+        assert_eq!(payload_bucket(257), 512);
+        assert_eq!(payload_bucket(40_000), 65_536);
+        assert_eq!(payload_bucket(65_536), 65_536);
+        assert_eq!(payload_bucket(65_537), 131_072);
+        assert_eq!(payload_bucket(200_000), 262_144);
+        let mut b = br#"{"record":"7","fields":{}}"#.to_vec();
+        pad_payload(&mut b);
+        assert_eq!(b.len(), 256);
+        let v: OpenedPayload = serde_json::from_slice(&b).expect("padded JSON parses");
+        assert_eq!(v.record, "7");
+    }
 }

@@ -127,12 +127,16 @@ pub struct Access {
     pub max_k: u32,
     /// Largest radius (user units).
     pub max_radius: f64,
+    /// Most leaf blocks one query may evaluate.
+    pub max_blocks: u32,
+    /// Most payloads one range query may fetch (kNN: at most k).
+    pub max_results: u32,
 }
 
-/// Server-side limits.
+/// Server-side limits, on top of the token's.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Leaf blocks one query may evaluate in total.
+    /// Leaf blocks one query may evaluate in total, whatever its token says.
     pub max_blocks_per_query: u32,
     /// Leaf blocks per request.
     pub max_blocks_per_request: u32,
@@ -145,6 +149,52 @@ impl Default for Limits {
             max_blocks_per_request: 64,
         }
     }
+}
+
+/// Charges units of work to the token before the server does the work: one unit per block
+/// evaluated (pivot or leaf) and one per payload served. An error refuses the work, and nothing was
+/// evaluated or served.
+pub trait Meter {
+    /// Charges `units`.
+    fn charge(&mut self, units: u64) -> Result<()>;
+}
+
+/// A meter that charges nothing: in-process runs and benchmarks, where no token is involved.
+pub struct Unmetered;
+
+impl Meter for Unmetered {
+    fn charge(&mut self, _: u64) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Most record ids in one payload request.
+pub const MAX_PAYLOADS_PER_REQUEST: usize = 1024;
+
+/// A batch of payloads to fetch for the live query's results.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PayloadRequest {
+    /// Opaque record ids. Only records in blocks this query evaluated are served, at most k per
+    /// kNN query and the token's `max_results` per range query.
+    // LEAKAGE: [payload-fetch] which records' payloads a doctor fetches (the result set's ids); the
+    // client sends them sorted by id, so their order says nothing about the ranking.
+    pub records: Vec<u64>,
+}
+
+/// Sealed payloads, in request order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PayloadReply {
+    /// `(record id, sealed payload)`.
+    pub payloads: Vec<SealedPayload>,
+}
+
+/// One sealed payload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SealedPayload {
+    /// Opaque record id.
+    pub record_id: u64,
+    /// The AEAD-sealed payload, padded to a size bucket by the owner.
+    pub sealed: Vec<u8>,
 }
 
 fn denied(code: &'static str, detail: impl Into<String>) -> Error {
@@ -160,10 +210,14 @@ pub trait HostedIndex: Send + Sync {
     fn header(&self) -> &IndexHeader;
     /// Class names in index order.
     fn class_names(&self) -> Vec<String>;
-    /// Round 1: checks scope, decodes the query, evaluates every pivot block of the searched classes.
-    fn start(self: Arc<Self>, access: &Access, req: &[u8]) -> Result<Started>;
-    /// A payload, if the record's class is allowed.
-    fn payload(&self, access: &Access, record_id: u64) -> Result<Vec<u8>>;
+    /// Round 1: checks scope, charges the pivot blocks to `meter`, decodes the query and evaluates
+    /// every pivot block of the searched classes (each class once, however often it is named).
+    fn start(
+        self: Arc<Self>,
+        access: &Access,
+        req: &[u8],
+        meter: &mut dyn Meter,
+    ) -> Result<Started>;
 }
 
 /// The result of round 1 on the server.
@@ -189,8 +243,13 @@ pub struct StartInfo {
 
 /// A live query on the server: the decoded query and what it may still touch.
 pub trait QueryHandle: Send + Sync {
-    /// Rounds 2…: evaluates requested leaf blocks.
-    fn blocks(&mut self, limits: &Limits, req: &[u8]) -> Result<Vec<u8>>;
+    /// Rounds 2…: evaluates requested leaf blocks. Each leaf at most once per query, at most
+    /// `min(limits.max_blocks_per_query, access.max_blocks)` in total; charged before evaluation.
+    fn blocks(&mut self, limits: &Limits, req: &[u8], meter: &mut dyn Meter) -> Result<Vec<u8>>;
+    /// Sealed payloads of records in blocks this query evaluated: at most k per kNN query and
+    /// `max_results` per range query (a record fetched again is not counted again); each new
+    /// payload is charged before it is served.
+    fn payloads(&mut self, req: &[u8], meter: &mut dyn Meter) -> Result<Vec<u8>>;
     /// Leaf blocks evaluated so far.
     fn blocks_evaluated(&self) -> u32;
 }
@@ -198,7 +257,15 @@ pub trait QueryHandle: Send + Sync {
 /// An index loaded for serving, with a record-id lookup for payloads.
 pub struct Hosted<S: Scheme> {
     index: ServerIndex<S>,
-    records: HashMap<u64, (u32, u32, u32)>,
+    records: HashMap<u64, RecordSlot>,
+}
+
+/// Where a record sits: class, leaf, row.
+#[derive(Clone, Copy, Debug)]
+struct RecordSlot {
+    class: u32,
+    leaf: u32,
+    row: u32,
 }
 
 impl<S: Scheme> Hosted<S> {
@@ -208,7 +275,14 @@ impl<S: Scheme> Hosted<S> {
         for (c, cls) in index.classes.iter().enumerate() {
             for (l, ids) in cls.record_ids.iter().enumerate() {
                 for (r, &id) in ids.iter().enumerate() {
-                    records.insert(id, (c as u32, l as u32, r as u32));
+                    records.insert(
+                        id,
+                        RecordSlot {
+                            class: c as u32,
+                            leaf: l as u32,
+                            row: r as u32,
+                        },
+                    );
                 }
             }
         }
@@ -219,8 +293,13 @@ impl<S: Scheme> Hosted<S> {
 struct Live<S: Scheme> {
     hosted: Arc<Hosted<S>>,
     query: S::Query,
+    access: Access,
+    kind: QueryKind,
     classes: Vec<u32>,
-    evaluated: u32,
+    /// Leaf blocks evaluated, as `(class, leaf)`.
+    evaluated: std::collections::HashSet<(u32, u32)>,
+    /// Records whose payload was served.
+    served: std::collections::HashSet<u64>,
 }
 
 fn micros(t: Instant) -> u64 {
@@ -236,7 +315,12 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
         self.index.classes.iter().map(|c| c.class.clone()).collect()
     }
 
-    fn start(self: Arc<Self>, access: &Access, req: &[u8]) -> Result<Started> {
+    fn start(
+        self: Arc<Self>,
+        access: &Access,
+        req: &[u8],
+        meter: &mut dyn Meter,
+    ) -> Result<Started> {
         use rayon::prelude::*;
         let t = Instant::now();
         let req: StartRequest =
@@ -273,7 +357,8 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
         } else {
             req.classes.iter().collect()
         };
-        let mut classes = Vec::new();
+        // Each class once, however often the request names it: repeats must not multiply work.
+        let mut classes: Vec<u32> = Vec::new();
         for name in wanted {
             if !access.classes.contains(name) {
                 return Err(denied(
@@ -282,7 +367,9 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
                 ));
             }
             if let Some(i) = self.index.classes.iter().position(|c| &c.class == name) {
-                classes.push(i as u32);
+                if !classes.contains(&(i as u32)) {
+                    classes.push(i as u32);
+                }
             } else if !req.classes.is_empty() {
                 return Err(denied(
                     "unknown_class",
@@ -296,6 +383,11 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
                 "none of the token's classes is in this index",
             ));
         }
+        let pivot_blocks: u64 = classes
+            .iter()
+            .map(|&c| self.index.classes[c as usize].pivot_blocks.len() as u64)
+            .sum();
+        meter.charge(pivot_blocks)?;
         let query = self
             .index
             .scheme
@@ -340,8 +432,11 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
         let live = Live {
             hosted: self,
             query,
+            access: access.clone(),
+            kind: req.kind,
             classes,
-            evaluated: 0,
+            evaluated: Default::default(),
+            served: Default::default(),
         };
         Ok(Started {
             handle: Box::new(live),
@@ -349,23 +444,10 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
             info,
         })
     }
-
-    fn payload(&self, access: &Access, record_id: u64) -> Result<Vec<u8>> {
-        let &(c, l, r) = self
-            .records
-            .get(&record_id)
-            .ok_or_else(|| denied("unknown_record", "no such record"))?;
-        let cls = &self.index.classes[c as usize];
-        if !access.classes.contains(&cls.class) {
-            // Same answer as an unknown id: do not confirm the record exists in another class.
-            return Err(denied("unknown_record", "no such record"));
-        }
-        Ok(cls.payloads[l as usize][r as usize].clone())
-    }
 }
 
 impl<S: Scheme> QueryHandle for Live<S> {
-    fn blocks(&mut self, limits: &Limits, req: &[u8]) -> Result<Vec<u8>> {
+    fn blocks(&mut self, limits: &Limits, req: &[u8], meter: &mut dyn Meter) -> Result<Vec<u8>> {
         use rayon::prelude::*;
         let t = Instant::now();
         let req: BlockRequest =
@@ -383,17 +465,8 @@ impl<S: Scheme> QueryHandle for Live<S> {
                 ),
             ));
         }
-        let total = self.evaluated as u64 + req.blocks.len() as u64;
-        if total > limits.max_blocks_per_query as u64 {
-            return Err(denied(
-                "limit_blocks",
-                format!(
-                    "the query would evaluate {total} blocks; the limit is {}",
-                    limits.max_blocks_per_query
-                ),
-            ));
-        }
         let index = &self.hosted.index;
+        let mut fresh = std::collections::HashSet::with_capacity(req.blocks.len());
         for b in &req.blocks {
             if !self.classes.contains(&b.class_idx) {
                 // Never evaluate a block of a class outside the query's (token-checked) classes.
@@ -405,7 +478,26 @@ impl<S: Scheme> QueryHandle for Live<S> {
             if b.leaf as usize >= index.classes[b.class_idx as usize].leaves.len() {
                 return Err(denied("unknown_block", "no such leaf block"));
             }
+            let key = (b.class_idx, b.leaf);
+            if self.evaluated.contains(&key) || !fresh.insert(key) {
+                return Err(denied(
+                    "repeated_block",
+                    "a query evaluates each leaf block at most once",
+                ));
+            }
         }
+        let cap = limits.max_blocks_per_query.min(self.access.max_blocks);
+        let total = self.evaluated.len() as u64 + req.blocks.len() as u64;
+        if total > cap as u64 {
+            return Err(denied(
+                "limit_blocks",
+                format!(
+                    "this query would evaluate {total} leaf blocks; the token allows {cap} per query \
+                     (ask the hospital for a larger --max-blocks, or narrow the query)"
+                ),
+            ));
+        }
+        meter.charge(req.blocks.len() as u64)?;
         let blocks = req
             .blocks
             .par_iter()
@@ -420,7 +512,7 @@ impl<S: Scheme> QueryHandle for Live<S> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        self.evaluated = total as u32;
+        self.evaluated.extend(fresh);
         postcard::to_allocvec(&BlockReply {
             blocks,
             server_micros: micros(t),
@@ -428,8 +520,66 @@ impl<S: Scheme> QueryHandle for Live<S> {
         .map_err(|e| Error::malformed("block reply", e))
     }
 
+    fn payloads(&mut self, req: &[u8], meter: &mut dyn Meter) -> Result<Vec<u8>> {
+        let req: PayloadRequest =
+            postcard::from_bytes(req).map_err(|e| Error::malformed("payload request", e))?;
+        if req.records.is_empty() || req.records.len() > MAX_PAYLOADS_PER_REQUEST {
+            return Err(Error::InvalidInput(format!(
+                "a payload request names 1..={MAX_PAYLOADS_PER_REQUEST} records"
+            )));
+        }
+        let cap = match self.kind {
+            QueryKind::Knn { k } => k,
+            QueryKind::Range { .. } => self.access.max_results,
+        } as usize;
+        let mut slots = Vec::with_capacity(req.records.len());
+        let mut new = std::collections::HashSet::new();
+        for &id in &req.records {
+            // An unknown id, a record of another class and one outside the evaluated blocks get the
+            // same answer: the reply does not confirm that a record exists.
+            let slot = self
+                .hosted
+                .records
+                .get(&id)
+                .filter(|s| self.evaluated.contains(&(s.class, s.leaf)))
+                .ok_or_else(|| {
+                    denied(
+                        "unreachable_record",
+                        "payloads are served only for records in blocks this query evaluated",
+                    )
+                })?;
+            if !self.served.contains(&id) {
+                new.insert(id);
+            }
+            slots.push((id, *slot));
+        }
+        if self.served.len() + new.len() > cap {
+            return Err(denied(
+                "limit_payloads",
+                format!(
+                    "this query may fetch {cap} payloads; {} were fetched already and {} more asked for",
+                    self.served.len(),
+                    new.len()
+                ),
+            ));
+        }
+        meter.charge(new.len() as u64)?;
+        self.served.extend(new);
+        let index = &self.hosted.index;
+        let payloads = slots
+            .into_iter()
+            .map(|(id, s)| SealedPayload {
+                record_id: id,
+                sealed: index.classes[s.class as usize].payloads[s.leaf as usize][s.row as usize]
+                    .clone(),
+            })
+            .collect();
+        postcard::to_allocvec(&PayloadReply { payloads })
+            .map_err(|e| Error::malformed("payload reply", e))
+    }
+
     fn blocks_evaluated(&self) -> u32 {
-        self.evaluated
+        self.evaluated.len() as u32
     }
 }
 
@@ -515,7 +665,7 @@ pub enum Step {
 }
 
 #[cfg(feature = "client")]
-pub use client::{new_query_client, run_in_process, BatchPolicy, QueryClient};
+pub use client::{new_query_client, run_in_process, run_with_payloads, BatchPolicy, QueryClient};
 
 #[cfg(feature = "client")]
 mod client {
@@ -564,6 +714,12 @@ mod client {
         /// Opens a payload fetched for a result record.
         fn open_payload(&self, class: &str, record_id: u64, sealed: &[u8])
             -> Result<OpenedPayload>;
+        /// The payload request for every result, or `None` if there are no results. Ids go out
+        /// sorted, so the request's order says nothing about the ranking.
+        fn payload_request(&self) -> Result<Option<Vec<u8>>>;
+        /// Opens a payload reply: one opened payload per result, by record id. A reply that
+        /// misses a result, adds a record or does not open is an error.
+        fn open_payloads(&self, reply: &[u8]) -> Result<HashMap<u64, OpenedPayload>>;
     }
 
     /// Builds a query client for the scheme named in the bundle entry. `q` is the encoded query.
@@ -611,15 +767,37 @@ mod client {
         limits: &Limits,
         client: &mut dyn QueryClient,
     ) -> Result<Vec<Hit>> {
+        run_with_payloads(index, access, limits, client, false).map(|(hits, _)| hits)
+    }
+
+    /// [`run_in_process`], then (if `payloads`) the payload round for the results: returns the
+    /// sealed payloads as the server served them.
+    pub fn run_with_payloads(
+        index: &Arc<dyn HostedIndex>,
+        access: &Access,
+        limits: &Limits,
+        client: &mut dyn QueryClient,
+        payloads: bool,
+    ) -> Result<(Vec<Hit>, Vec<SealedPayload>)> {
         let req = client.start_request()?;
-        let started = index.clone().start(access, &req)?;
+        let started = index.clone().start(access, &req, &mut Unmetered)?;
         let mut live = started.handle;
         let mut step = client.on_start(&started.reply)?;
         while let Step::Blocks(req) = step {
-            let reply = live.blocks(limits, &req)?;
+            let reply = live.blocks(limits, &req, &mut Unmetered)?;
             step = client.on_blocks(&reply)?;
         }
-        Ok(client.results())
+        let mut sealed = Vec::new();
+        if payloads {
+            if let Some(req) = client.payload_request()? {
+                let reply = live.payloads(&req, &mut Unmetered)?;
+                client.open_payloads(&reply)?;
+                let r: PayloadReply = postcard::from_bytes(&reply)
+                    .map_err(|e| Error::malformed("payload reply", e))?;
+                sealed = r.payloads;
+            }
+        }
+        Ok((client.results(), sealed))
     }
 
     struct ClassKeys<S: ClientScheme> {
@@ -762,14 +940,16 @@ mod client {
             let take = n.min(self.pending.len());
             // `pending` is sorted by descending lower bound: the best candidates sit at the end.
             let start = self.pending.len() - take;
-            let blocks: Vec<BlockRef> = self.pending[start..]
+            let mut blocks: Vec<BlockRef> = self.pending[start..]
                 .iter()
-                .rev()
                 .map(|c| BlockRef {
                     class_idx: c.class_idx,
                     leaf: c.leaf,
                 })
                 .collect();
+            // Which leaves a round asks for is leakage we accept (DESIGN §4); their order within
+            // the round would add the lower-bound ranking to it, so it is shuffled.
+            rand::seq::SliceRandom::shuffle(&mut blocks[..], &mut rand::rng());
             let bytes = postcard::to_allocvec(&BlockRequest { blocks })
                 .map_err(|e| Error::malformed("block request", e))?;
             self.stats.bytes_up += bytes.len() as u64;
@@ -1013,6 +1193,45 @@ mod client {
                 sealed,
             )?;
             serde_json::from_slice(&bytes).map_err(|e| Error::malformed("payload", e))
+        }
+
+        fn payload_request(&self) -> Result<Option<Vec<u8>>> {
+            let mut records: Vec<u64> = self.hits.iter().map(|h| h.record_id).collect();
+            if records.is_empty() {
+                return Ok(None);
+            }
+            records.sort_unstable();
+            records.dedup();
+            postcard::to_allocvec(&PayloadRequest { records })
+                .map(Some)
+                .map_err(|e| Error::malformed("payload request", e))
+        }
+
+        fn open_payloads(&self, reply: &[u8]) -> Result<HashMap<u64, OpenedPayload>> {
+            let r: PayloadReply =
+                postcard::from_bytes(reply).map_err(|e| Error::malformed("payload reply", e))?;
+            let classes: HashMap<u64, &str> = self
+                .hits
+                .iter()
+                .map(|h| (h.record_id, h.class.as_str()))
+                .collect();
+            let mut out = HashMap::with_capacity(classes.len());
+            for p in r.payloads {
+                let class = classes.get(&p.record_id).ok_or_else(|| {
+                    Error::malformed("payload reply", "a payload for a record we did not ask for")
+                })?;
+                let opened = self.open_payload(class, p.record_id, &p.sealed)?;
+                if out.insert(p.record_id, opened).is_some() {
+                    return Err(Error::malformed("payload reply", "a record twice"));
+                }
+            }
+            if out.len() != classes.len() {
+                return Err(Error::malformed(
+                    "payload reply",
+                    "a result's payload is missing",
+                ));
+            }
+            Ok(out)
         }
     }
 

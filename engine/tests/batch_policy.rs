@@ -78,6 +78,8 @@ fn batch_policy_table() {
                 range: true,
                 max_k: 1000,
                 max_radius: f64::INFINITY,
+                max_blocks: u32::MAX,
+                max_results: u32::MAX,
             };
             for first in [1u32, 2, 4, 8] {
                 let (mut rounds, mut blocks, mut maxb) = (0u64, 0u64, 0u32);

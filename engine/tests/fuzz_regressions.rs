@@ -107,7 +107,11 @@ fn fixture_token_and_requests_are_accepted() {
     assert_eq!(c, harness::claims());
     let req = harness::plain_start_request(QueryKind::Knn { k: 3 }, vec![], &[1, 2, 3, 4, 1]);
     assert!(harness::hosted_plain()
-        .start(&harness::access(), &req)
+        .start(
+            &harness::access(),
+            &req,
+            &mut blindkd_engine::protocol::Unmetered
+        )
         .is_ok());
     for seed in ["m0-token-png", "m0-token-jpeg"] {
         let img = std::fs::read(fuzz_dir().join("corpus/qr/seed-".to_owned() + seed)).unwrap();

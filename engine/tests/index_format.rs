@@ -16,7 +16,8 @@ use blindkd_engine::index::{
 };
 use blindkd_engine::owner::{build_index, BuildOptions, OwnerKey, OwnerRecord};
 use blindkd_engine::protocol::{
-    new_query_client, open_index_bytes, run_in_process, Access, BatchPolicy, Limits, QueryKind,
+    new_query_client, open_index_bytes, run_in_process, run_with_payloads, Access, BatchPolicy,
+    Limits, QueryKind, Unmetered,
 };
 use blindkd_engine::tree::ShapeNode;
 use blindkd_engine::Error;
@@ -674,14 +675,18 @@ fn run_query(bytes: &[u8], owner: &OwnerKey, kind: QueryKind) -> (Vec<Hit3>, Vec
         range: true,
         max_k: 100,
         max_radius: 1e9,
+        max_blocks: u32::MAX,
+        max_results: u32::MAX,
     };
     let mut client =
         new_query_client(entry, kind, &COMPAT_QUERY, vec![], BatchPolicy::default()).unwrap();
-    let hits = run_in_process(&index, &access, &Limits::default(), client.as_mut()).unwrap();
-    let payloads = hits
-        .iter()
-        .map(|h| index.payload(&access, h.record_id).unwrap())
+    let (hits, sealed) =
+        run_with_payloads(&index, &access, &Limits::default(), client.as_mut(), true).unwrap();
+    let by_id: std::collections::HashMap<u64, Vec<u8>> = sealed
+        .into_iter()
+        .map(|p| (p.record_id, p.sealed))
         .collect();
+    let payloads = hits.iter().map(|h| by_id[&h.record_id].clone()).collect();
     (
         hits.iter()
             .map(|h| (h.class.clone(), h.record_id, h.d2))
@@ -890,8 +895,10 @@ fn plain_extreme_rows_and_query_do_not_panic() {
         range: true,
         max_k: 10,
         max_radius: 1.0,
+        max_blocks: u32::MAX,
+        max_results: u32::MAX,
     };
-    let started = index.start(&access, &req).unwrap();
+    let started = index.start(&access, &req, &mut Unmetered).unwrap();
     let mut h = started.handle;
     let req = postcard::to_allocvec(&blindkd_engine::protocol::BlockRequest {
         blocks: vec![blindkd_engine::protocol::BlockRef {
@@ -901,5 +908,5 @@ fn plain_extreme_rows_and_query_do_not_panic() {
     })
     .unwrap();
     // Must be an error (or a correct answer), never a panic.
-    let _ = h.blocks(&Limits::default(), &req);
+    let _ = h.blocks(&Limits::default(), &req, &mut Unmetered);
 }

@@ -13,7 +13,7 @@ use blindkd_engine::index::SchemeParams;
 use blindkd_engine::owner::{build_index, BuildOptions, Bundle, OwnerKey, OwnerRecord};
 use blindkd_engine::protocol::{
     new_query_client, open_index_bytes, run_in_process, Access, BatchPolicy, HostedIndex, Limits,
-    QueryKind,
+    PayloadRequest, QueryKind, Unmetered,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -86,6 +86,8 @@ fn all_access(f: &Fixture) -> Access {
         range: true,
         max_k: u32::MAX,
         max_radius: f64::INFINITY,
+        max_blocks: u32::MAX,
+        max_results: u32::MAX,
     }
 }
 
@@ -510,7 +512,11 @@ fn scope_a_never_touches_class_b_on_the_wire() {
         )
         .unwrap();
         let req = client.start_request().unwrap();
-        let started = f.index.clone().start(&access, &req).unwrap();
+        let started = f
+            .index
+            .clone()
+            .start(&access, &req, &mut Unmetered)
+            .unwrap();
         let reply: StartReply = postcard::from_bytes(&started.reply).unwrap();
         assert_eq!(
             reply
@@ -532,7 +538,7 @@ fn scope_a_never_touches_class_b_on_the_wire() {
             );
             requested += br.blocks.len();
             step = client
-                .on_blocks(&live.blocks(&limits, &req).unwrap())
+                .on_blocks(&live.blocks(&limits, &req, &mut Unmetered).unwrap())
                 .unwrap();
         }
         assert!(requested > 0);
@@ -554,8 +560,25 @@ fn scope_a_never_touches_class_b_on_the_wire() {
             }],
         })
         .unwrap();
-        let e = live.blocks(&limits, &smuggled).unwrap_err().to_string();
+        let e = live
+            .blocks(&limits, &smuggled, &mut Unmetered)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("forbidden_class"), "{e}");
+        // Payloads of class b are indistinguishable from unknown records.
+        let b_rec = f
+            .records
+            .iter()
+            .zip(&f.ids)
+            .find(|(r, _)| r.class == "b")
+            .map(|(_, &id)| id)
+            .unwrap();
+        let req = postcard::to_allocvec(&PayloadRequest {
+            records: vec![b_rec],
+        })
+        .unwrap();
+        let e = live.payloads(&req, &mut Unmetered).unwrap_err().to_string();
+        assert!(e.contains("unreachable_record"), "{e}");
     }
     let mut client = new_query_client(
         &f.bundle.entries[0],
@@ -574,21 +597,11 @@ fn scope_a_never_touches_class_b_on_the_wire() {
     let e = f
         .index
         .clone()
-        .start(&access, &named_b)
+        .start(&access, &named_b, &mut Unmetered)
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("forbidden_class"), "{e}");
-    // Payloads of class b are indistinguishable from unknown records.
-    let b_rec = f
-        .records
-        .iter()
-        .zip(&f.ids)
-        .find(|(r, _)| r.class == "b")
-        .map(|(_, &id)| id)
-        .unwrap();
-    let e = f.index.payload(&access, b_rec).unwrap_err().to_string();
-    assert!(e.contains("unknown_record"), "{e}");
 }
 
 #[cfg(feature = "paper-she")]

@@ -15,6 +15,7 @@ use blindkd_engine::crypto::{frame_query, Scheme};
 use blindkd_engine::index::{split_file, summarize, SchemeParams, ServerIndex};
 use blindkd_engine::protocol::{
     open_index_bytes, Access, BlockRef, BlockRequest, HostedIndex, Limits, QueryKind, StartRequest,
+    Unmetered,
 };
 use blindkd_engine::token::{
     decode_unverified, issue, verify, verify_pop, Claims, DeviceKey, IssuerKey, Issuers,
@@ -76,6 +77,8 @@ pub fn claims() -> Claims {
             max_radius: 2.5,
             classes: vec!["cardiology".into()],
             budget: 100,
+            max_blocks: 16,
+            max_results: 100,
         },
         cnf: device_key().public().ed25519,
     }
@@ -328,6 +331,8 @@ pub fn access() -> Access {
         range: true,
         max_k: 50,
         max_radius: 1e6,
+        max_blocks: u32::MAX,
+        max_results: u32::MAX,
     }
 }
 
@@ -354,7 +359,7 @@ fn run_plain_query(
         ..access()
     };
     let req = plain_start_request(QueryKind::Knn { k: 1 }, classes.to_vec(), w);
-    let started = index.clone().start(&access, &req)?;
+    let started = index.clone().start(&access, &req, &mut Unmetered)?;
     let mut handle = started.handle;
     let reply: blindkd_engine::protocol::StartReply = postcard::from_bytes(&started.reply).unwrap();
     let limits = Limits {
@@ -374,7 +379,7 @@ fn run_plain_query(
                 blocks: chunk.to_vec(),
             })
             .unwrap();
-            handle.blocks(&limits, &req)?;
+            handle.blocks(&limits, &req, &mut Unmetered)?;
         }
     }
     Ok(())
@@ -384,7 +389,7 @@ fn run_plain_query(
 /// the first leaf of each class is evaluated with the decoded query.
 pub fn start_request(data: &[u8]) {
     let index = hosted_plain();
-    let Ok(started) = index.start(&access(), data) else {
+    let Ok(started) = index.start(&access(), data, &mut Unmetered) else {
         return;
     };
     let info = &started.info;
@@ -403,7 +408,7 @@ pub fn start_request(data: &[u8]) {
         ],
     })
     .unwrap();
-    let _ = handle.blocks(&Limits::default(), &req);
+    let _ = handle.blocks(&Limits::default(), &req, &mut Unmetered);
 }
 
 /// Server rounds 2…: arbitrary `BlockRequest` bytes for a live, valid query on the plain
@@ -415,7 +420,7 @@ pub fn block_request(data: &[u8]) {
         vec!["a".into()],
         &[-240, 680, -110, -1800, 1],
     );
-    let started = index.start(&access(), &req).unwrap();
+    let started = index.start(&access(), &req, &mut Unmetered).unwrap();
     let mut handle = started.handle;
     let limits = Limits {
         max_blocks_per_query: 24,
@@ -423,7 +428,7 @@ pub fn block_request(data: &[u8]) {
     };
     for _ in 0..2 {
         let before = handle.blocks_evaluated();
-        match handle.blocks(&limits, data) {
+        match handle.blocks(&limits, data, &mut Unmetered) {
             Ok(reply) => {
                 let r: blindkd_engine::protocol::BlockReply = postcard::from_bytes(&reply).unwrap();
                 // Only class 0 (`a`) was searched: no block of another class may be evaluated.

@@ -63,6 +63,8 @@ pub fn fixture() -> &'static Fixture {
                 max_radius: 2.5,
                 classes: vec!["a".into()],
                 budget: 100,
+                max_blocks: 16,
+                max_results: 100,
             },
             cnf: device.public().ed25519,
         };

@@ -10,7 +10,21 @@ use std::sync::Mutex;
 pub struct Audit {
     file: Option<Mutex<std::fs::File>>,
     lines: Mutex<Vec<String>>,
+    refusals: Mutex<Bucket>,
 }
+
+/// A token bucket for refusal lines: anyone can cause a refusal, so refusals must not be able to
+/// flood the log (or the disk, or the synchronous writer every request waits on).
+struct Bucket {
+    tokens: f64,
+    last: std::time::Instant,
+    suppressed: u64,
+}
+
+/// Refusal lines allowed in a burst.
+const REFUSAL_BURST: f64 = 50.0;
+/// Refusal lines allowed per second, sustained.
+const REFUSALS_PER_SEC: f64 = 10.0;
 
 /// Lines kept in memory.
 const KEEP: usize = 10_000;
@@ -31,7 +45,38 @@ impl Audit {
         Ok(Audit {
             file,
             lines: Mutex::new(Vec::new()),
+            refusals: Mutex::new(Bucket {
+                tokens: REFUSAL_BURST,
+                last: std::time::Instant::now(),
+                suppressed: 0,
+            }),
         })
+    }
+
+    /// Records a refusal, rate-limited: past the budget, refusals are counted and the next line
+    /// that is written says how many were suppressed (`"suppressed": n`).
+    pub fn record_refusal(&self, event: &str, mut fields: serde_json::Value) {
+        let suppressed = {
+            let Ok(mut b) = self.refusals.lock() else {
+                return;
+            };
+            let now = std::time::Instant::now();
+            let dt = now.duration_since(b.last).as_secs_f64();
+            b.last = now;
+            b.tokens = (b.tokens + dt * REFUSALS_PER_SEC).min(REFUSAL_BURST);
+            if b.tokens < 1.0 {
+                b.suppressed += 1;
+                return;
+            }
+            b.tokens -= 1.0;
+            std::mem::take(&mut b.suppressed)
+        };
+        if suppressed > 0 {
+            if let Some(o) = fields.as_object_mut() {
+                o.insert("suppressed".into(), suppressed.into());
+            }
+        }
+        self.record(event, fields);
     }
 
     /// Records one decision.

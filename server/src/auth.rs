@@ -1,16 +1,21 @@
 //! Tokens → sessions → a typed [`Pass`]. Handlers that touch an index take a `Pass`, and only
-//! [`Auth::authorize`] can make one, so an unauthenticated call does not compile.
+//! [`Auth::open_session`] / [`Auth::authorize`] can make one, so an unauthenticated call does not
+//! compile.
+//!
+//! What must outlive the process (budget use, consumed nonces, revocations, the nonce MAC key)
+//! lives in the [`TokenStore`]; sessions and live queries are short-lived and stay in memory.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use blindkd_engine::index::IndexId;
-use blindkd_engine::protocol::{Access, QueryHandle};
+use blindkd_engine::protocol::{Access, Meter, QueryHandle};
 use blindkd_engine::token::{self, Claims, Issuers, QueryKind as TokenKind};
 use rand::RngCore;
 
+use crate::store::{StoreError, TokenStore};
 use crate::ApiError;
 
 /// Proof that the bearer holds a live session for `index_id` with these rights.
@@ -21,8 +26,9 @@ pub struct Pass {
     index_id: IndexId,
     access: Access,
     cti: [u8; 16],
+    exp: i64,
     subject: String,
-    budget: u32,
+    budget: u64,
 }
 
 impl Pass {
@@ -46,6 +52,10 @@ impl Pass {
     pub fn session_hex(&self) -> String {
         hex::encode(&self.session[..4])
     }
+    /// Whether this pass's session owns a query.
+    pub(crate) fn session_id(&self) -> [u8; 16] {
+        self.session
+    }
 }
 
 struct Session {
@@ -56,27 +66,27 @@ struct Session {
 struct Revocation {
     path: Option<PathBuf>,
     modified: Option<SystemTime>,
+    /// Every id ever revoked: the store's, plus the list's. Never shrinks.
     set: HashSet<[u8; 16]>,
 }
 
-struct TokenUse {
-    queries: u32,
-    exp: i64,
-}
-
-/// Session and nonce bookkeeping.
+/// Session and token bookkeeping.
 pub struct Auth {
     issuers: Issuers,
+    store: Arc<dyn TokenStore>,
+    nonce_key: [u8; 32],
     sessions: Mutex<HashMap<[u8; 16], Session>>,
-    nonces: Mutex<HashMap<[u8; 32], Instant>>,
     revoked: Mutex<Revocation>,
-    usage: Mutex<HashMap<[u8; 16], TokenUse>>,
+    in_flight: Mutex<HashMap<[u8; 16], usize>>,
+    last_purge: Mutex<Instant>,
 }
 
 /// How long a PoP nonce stays valid.
-const NONCE_TTL: Duration = Duration::from_secs(120);
-/// Most outstanding nonces (bounds memory under a nonce flood).
-const MAX_NONCES: usize = 100_000;
+pub const NONCE_TTL: Duration = Duration::from_secs(120);
+/// How far in the future a nonce's time may be (clock skew between replicas).
+const NONCE_SKEW: i64 = 5;
+/// Domain separation of the nonce MAC.
+const NONCE_DOMAIN: &[u8] = b"blindkd/v1/nonce";
 
 fn now_unix() -> i64 {
     SystemTime::now()
@@ -85,42 +95,115 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// The outcome of a session request, for audit.
+/// A store failure as an API error: an exhausted budget is the client's, anything else is ours.
+pub(crate) fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Exhausted { left, wanted } => ApiError::new(
+            "budget_exhausted",
+            format!(
+                "the token's budget is used up ({left} units left, this needs {wanted}); ask the \
+                 hospital for a new access token"
+            ),
+        ),
+        StoreError::Backend(d) => ApiError::internal(d),
+    }
+}
+
+/// The outcome of a session request.
 pub struct Opened {
     /// Session token for `Authorization: Bearer`.
     pub session: String,
     /// Claims of the token.
     pub claims: Claims,
+    /// Budget units left.
+    pub budget_left: u64,
+}
+
+/// A refused session request. `cti` is set only when the token's signature verified, so the audit
+/// log never carries a token id an attacker made up.
+pub struct Refused {
+    /// Why.
+    pub error: ApiError,
+    /// The verified token id, if the refusal came after the signature check.
+    pub cti: Option<[u8; 16]>,
+}
+
+impl From<ApiError> for Refused {
+    fn from(error: ApiError) -> Self {
+        Refused { error, cti: None }
+    }
 }
 
 impl Auth {
-    /// New bookkeeping with pinned issuers and an optional revocation list.
-    pub fn new(issuers: Issuers, revoked: Option<PathBuf>) -> Self {
-        Auth {
+    /// New bookkeeping with pinned issuers, an optional revocation list and the token store.
+    pub fn new(
+        issuers: Issuers,
+        revoked: Option<PathBuf>,
+        store: Arc<dyn TokenStore>,
+    ) -> anyhow::Result<Self> {
+        let nonce_key = store.secret("nonce-mac")?;
+        let set = store.revoked()?.into_iter().collect();
+        Ok(Auth {
             issuers,
+            store,
+            nonce_key,
             sessions: Mutex::default(),
-            nonces: Mutex::default(),
             revoked: Mutex::new(Revocation {
                 path: revoked,
                 modified: None,
-                set: HashSet::new(),
+                set,
             }),
-            usage: Mutex::default(),
-        }
+            in_flight: Mutex::default(),
+            last_purge: Mutex::new(Instant::now()),
+        })
     }
 
-    /// A fresh single-use nonce for proof of possession.
-    pub fn nonce(&self) -> Result<[u8; 32], ApiError> {
+    fn nonce_mac(&self, body: &[u8]) -> [u8; 16] {
+        let mut h = blake3::Hasher::new_keyed(&self.nonce_key);
+        h.update(NONCE_DOMAIN);
+        h.update(body);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        out
+    }
+
+    /// A fresh nonce for proof of possession. Stateless: `time ‖ random ‖ MAC(time ‖ random)`
+    /// under a server key, so issuing one stores nothing; only a nonce that arrives with a valid
+    /// token and proof is recorded, as used.
+    pub fn nonce(&self) -> [u8; 32] {
         let mut n = [0u8; 32];
-        rand::rng().fill_bytes(&mut n);
-        let mut map = lock(&self.nonces)?;
-        let now = Instant::now();
-        map.retain(|_, exp| *exp > now);
-        if map.len() >= MAX_NONCES {
-            return Err(ApiError::new("overloaded", "too many outstanding nonces"));
+        n[..8].copy_from_slice(&now_unix().to_be_bytes());
+        rand::rng().fill_bytes(&mut n[8..16]);
+        let mac = self.nonce_mac(&n[..16]);
+        n[16..].copy_from_slice(&mac);
+        n
+    }
+
+    /// Checks a nonce's MAC and age; returns when it expires.
+    fn check_nonce(&self, nonce: &[u8]) -> Result<([u8; 32], i64), ApiError> {
+        let bad = || ApiError::new("unknown_nonce", "not a nonce from POST /v1/nonces");
+        let n: [u8; 32] = nonce.try_into().map_err(|_| bad())?;
+        let mac = self.nonce_mac(&n[..16]);
+        // Constant time: the comparison must not tell a forger how many bytes were right.
+        let diff = mac
+            .iter()
+            .zip(&n[16..])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff != 0 {
+            return Err(bad());
         }
-        map.insert(n, now + NONCE_TTL);
-        Ok(n)
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&n[..8]);
+        let issued = i64::from_be_bytes(t);
+        let now = now_unix();
+        let exp = issued.saturating_add(NONCE_TTL.as_secs() as i64);
+        if issued > now + NONCE_SKEW || exp < now {
+            return Err(ApiError::new(
+                "unknown_nonce",
+                "the nonce expired; fetch a new one",
+            ));
+        }
+        Ok((n, exp))
     }
 
     fn reload_revocations(&self) -> Result<(), ApiError> {
@@ -134,10 +217,10 @@ impl Auth {
         }
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let mut set = HashSet::new();
+                let mut listed = Vec::new();
                 for line in text
                     .lines()
-                    .map(str::trim)
+                    .map(|l| l.trim_start_matches('\u{feff}').trim())
                     .filter(|l| !l.is_empty() && !l.starts_with('#'))
                 {
                     let hex_id = line.split_whitespace().next().unwrap_or("");
@@ -145,29 +228,39 @@ impl Auth {
                         .ok()
                         .and_then(|v| <[u8; 16]>::try_from(v).ok())
                     {
-                        Some(id) => {
-                            set.insert(id);
-                        }
+                        Some(id) => listed.push(id),
                         None => {
                             tracing::warn!(path = %path.display(), "ignoring a malformed revocation line")
                         }
                     }
                 }
-                tracing::info!(path = %path.display(), revoked = set.len(), "revocation list loaded");
-                r.set = set;
+                let new: Vec<[u8; 16]> = listed
+                    .into_iter()
+                    .filter(|id| !r.set.contains(id))
+                    .collect();
+                // Durable first: a revocation the server has acted on survives a restart even if
+                // the list file is later lost or edited.
+                self.store.revoke(&new).map_err(store_error)?;
+                r.set.extend(new);
+                tracing::info!(path = %path.display(), revoked = r.set.len(), "revocation list loaded");
                 r.modified = modified;
             }
-            // No list yet: nothing revoked.
+            // No list yet: nothing more revoked.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && r.modified.is_none() => {}
-            // A list that vanished or became unreadable keeps the last set.
+            // A list that vanished or became unreadable keeps every revocation seen so far.
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "revocation list unreadable; keeping the last one")
+                tracing::warn!(path = %path.display(), error = %e, "revocation list unreadable; keeping the revocations already loaded")
             }
         }
         Ok(())
     }
 
-    /// Verifies token, time claims, audience, revocation, PoP and nonce freshness, then opens a session.
+    fn is_revoked(&self, cti: &[u8; 16]) -> Result<bool, ApiError> {
+        self.reload_revocations()?;
+        Ok(lock(&self.revoked)?.set.contains(cti))
+    }
+
+    /// Verifies token, time claims, audience, revocation, PoP and nonce, then opens a session.
     pub fn open_session(
         &self,
         index_ids: &[IndexId],
@@ -175,9 +268,12 @@ impl Auth {
         nonce: &[u8],
         pop: &[u8],
         limits: &crate::ServerLimits,
-    ) -> Result<Opened, ApiError> {
+    ) -> Result<Opened, Refused> {
+        self.purge_now_and_then();
+        // Cheap checks first: a forged nonce costs one MAC, never a signature verification.
+        let (nonce_arr, nonce_exp) = self.check_nonce(nonce)?;
         // The audience names the index; accept any hosted one.
-        let unverified = token::decode_unverified(token_text)?;
+        let unverified = token::decode_unverified(token_text).map_err(ApiError::from)?;
         let aud_id = blindkd_engine::index::parse_id(&unverified.aud)
             .ok()
             .filter(|id| index_ids.contains(id))
@@ -187,42 +283,42 @@ impl Auth {
                     "the token is for an index this server does not host",
                 )
             })?;
-        let claims = token::verify(token_text, &self.issuers, now_unix(), &unverified.aud)?;
-        self.reload_revocations()?;
-        if lock(&self.revoked)?.set.contains(&claims.cti) {
-            return Err(ApiError::new("revoked", "this token has been revoked"));
+        let claims = token::verify(token_text, &self.issuers, now_unix(), &unverified.aud)
+            .map_err(ApiError::from)?;
+        let refused = |error: ApiError| Refused {
+            error,
+            cti: Some(claims.cti),
+        };
+        if self.is_revoked(&claims.cti).map_err(refused)? {
+            return Err(refused(ApiError::new(
+                "revoked",
+                "this token has been revoked; ask the hospital for a new access token",
+            )));
         }
         if pop.is_empty() {
-            return Err(ApiError::new(
+            return Err(refused(ApiError::new(
                 "missing_pop",
                 "a proof-of-possession signature is required",
-            ));
+            )));
         }
-        // The nonce must be one we issued and is consumed whatever the outcome.
-        let n: [u8; 32] = nonce.try_into().map_err(|_| {
-            ApiError::new("unknown_nonce", "nonce must be 32 bytes from /v1/nonces")
-        })?;
-        match lock(&self.nonces)?.remove(&n) {
-            Some(exp) if exp > Instant::now() => {}
-            Some(_) => return Err(ApiError::new("unknown_nonce", "the nonce expired")),
-            None => {
-                return Err(ApiError::new(
-                    "replayed_nonce",
-                    "unknown or already used nonce",
-                ))
-            }
-        }
-        token::verify_pop(&claims.cnf, nonce, token_text, pop)?;
+        token::verify_pop(&claims.cnf, nonce, token_text, pop)
+            .map_err(|e| refused(ApiError::from(e)))?;
+        // Only now, with a valid token and proof, is the nonce recorded (as used, durably).
+        if !self
+            .store
+            .consume_nonce(&nonce_arr, nonce_exp)
+            .map_err(|e| refused(store_error(e)))?
         {
-            // The query budget is per token, across its sessions.
-            let mut usage = lock(&self.usage)?;
-            let now = now_unix();
-            usage.retain(|_, u| u.exp + 60 > now);
-            usage.entry(claims.cti).or_insert(TokenUse {
-                queries: 0,
-                exp: claims.exp,
-            });
+            return Err(refused(ApiError::new(
+                "replayed_nonce",
+                "this nonce was used already; fetch a new one",
+            )));
         }
+        let budget = u64::from(claims.scope.budget);
+        let used = self
+            .store
+            .used(&claims.cti)
+            .map_err(|e| refused(store_error(e)))?;
         let mut sid = [0u8; 16];
         rand::rng().fill_bytes(&mut sid);
         let scope = &claims.scope;
@@ -235,14 +331,17 @@ impl Auth {
                 range: scope.kinds.contains(&TokenKind::Range),
                 max_k: scope.max_k,
                 max_radius: scope.max_radius,
+                max_blocks: scope.max_blocks,
+                max_results: scope.max_results,
             },
             cti: claims.cti,
+            exp: claims.exp,
             subject: claims.sub.clone(),
-            budget: scope.budget,
+            budget,
         };
         let ttl_left = (claims.exp - now_unix()).max(0) as u64;
         let ttl = limits.session_ttl.min(Duration::from_secs(ttl_left));
-        let mut sessions = lock(&self.sessions)?;
+        let mut sessions = lock(&self.sessions).map_err(refused)?;
         let now = Instant::now();
         sessions.retain(|_, s| s.expires > now);
         // Live sessions per token are bounded; closed and expired ones free their slot, so a doctor
@@ -252,10 +351,10 @@ impl Auth {
             .filter(|s| s.pass.cti == claims.cti)
             .count();
         if live >= limits.max_sessions_per_token as usize {
-            return Err(ApiError::new(
+            return Err(refused(ApiError::new(
                 "too_many_sessions",
                 format!("this token already has {live} live sessions; close one or wait for one to expire"),
-            ));
+            )));
         }
         sessions.insert(
             sid,
@@ -267,6 +366,7 @@ impl Auth {
         Ok(Opened {
             session: hex::encode(sid),
             claims,
+            budget_left: budget.saturating_sub(used),
         })
     }
 
@@ -280,40 +380,56 @@ impl Auth {
             .and_then(|s| hex::decode(s.trim()).ok())
             .and_then(|v| <[u8; 16]>::try_from(v).ok())
             .ok_or_else(|| ApiError::new("unknown_session", "malformed session id"))?;
-        // A revocation must cut off live sessions too, not only new ones: pick up a changed list
-        // here (one stat per request) before the check below.
-        self.reload_revocations()?;
-        let sessions = lock(&self.sessions)?;
-        let s = sessions
-            .get(&sid)
-            .ok_or_else(|| ApiError::new("unknown_session", "no such session"))?;
-        if s.expires <= Instant::now() {
+        let pass = {
+            let sessions = lock(&self.sessions)?;
+            let s = sessions
+                .get(&sid)
+                .ok_or_else(|| ApiError::new("unknown_session", "no such session"))?;
+            if s.expires <= Instant::now() {
+                return Err(ApiError::new(
+                    "session_expired",
+                    "the session expired; open a new one",
+                ));
+            }
+            s.pass.clone()
+        };
+        // A revocation must cut off live sessions too, not only new ones.
+        if self.is_revoked(&pass.cti)? {
             return Err(ApiError::new(
-                "session_expired",
-                "the session expired; open a new one",
+                "revoked",
+                "this token has been revoked; ask the hospital for a new access token",
             ));
         }
-        if lock(&self.revoked)?.set.contains(&s.pass.cti) {
-            return Err(ApiError::new("revoked", "this token has been revoked"));
-        }
-        Ok(s.pass.clone())
+        Ok(pass)
     }
 
-    /// Charges one query against the token's budget.
-    pub fn charge_query(&self, pass: &Pass) -> Result<(), ApiError> {
-        let budget = pass.budget;
-        let mut usage = lock(&self.usage)?;
-        let u = usage
-            .get_mut(&pass.cti)
-            .ok_or_else(|| ApiError::new("unknown_session", "no usage record for this token"))?;
-        if u.queries >= budget {
+    /// A meter that charges `pass`'s token in the store.
+    pub fn meter(&self, pass: &Pass) -> StoreMeter {
+        StoreMeter {
+            store: self.store.clone(),
+            cti: pass.cti,
+            exp: pass.exp,
+            budget: pass.budget,
+            left: None,
+        }
+    }
+
+    /// Counts a request of `pass`'s token in flight (until the guard drops); refuses past `max`,
+    /// so one token cannot hold every evaluation slot or read many large bodies at once.
+    pub fn admit_request(&self, pass: &Pass, max: usize) -> Result<TokenRequest<'_>, ApiError> {
+        let mut m = lock(&self.in_flight)?;
+        let n = m.entry(pass.cti).or_insert(0);
+        if *n >= max {
             return Err(ApiError::new(
-                "budget_exhausted",
-                "the token's query budget is used up",
+                "overloaded",
+                format!("this token already has {max} requests in flight; retry shortly"),
             ));
         }
-        u.queries += 1;
-        Ok(())
+        *n += 1;
+        Ok(TokenRequest {
+            auth: self,
+            cti: pass.cti,
+        })
     }
 
     /// Ends the pass's session (the client is done).
@@ -326,6 +442,74 @@ impl Auth {
     pub fn session_count(&self) -> usize {
         self.sessions.lock().map(|s| s.len()).unwrap_or(0)
     }
+
+    /// Drops expired usage and nonces from the store, at most once a minute.
+    fn purge_now_and_then(&self) {
+        let Ok(mut last) = self.last_purge.lock() else {
+            return;
+        };
+        if last.elapsed() < Duration::from_secs(60) {
+            return;
+        }
+        *last = Instant::now();
+        if let Err(e) = self.store.purge(now_unix()) {
+            tracing::warn!(error = %e, "token store purge failed");
+        }
+    }
+}
+
+/// A request of one token in flight.
+pub struct TokenRequest<'a> {
+    auth: &'a Auth,
+    cti: [u8; 16],
+}
+
+impl Drop for TokenRequest<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.auth.in_flight.lock() {
+            if let Some(n) = m.get_mut(&self.cti) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.cti);
+                }
+            }
+        }
+    }
+}
+
+/// Charges a token's budget in the store; remembers what is left for the reply header.
+pub struct StoreMeter {
+    store: Arc<dyn TokenStore>,
+    cti: [u8; 16],
+    exp: i64,
+    budget: u64,
+    /// Units left after the last charge.
+    pub left: Option<u64>,
+}
+
+impl Meter for StoreMeter {
+    fn charge(&mut self, units: u64) -> blindkd_engine::Result<()> {
+        match self.store.charge(&self.cti, self.exp, self.budget, units) {
+            Ok(left) => {
+                self.left = Some(left);
+                Ok(())
+            }
+            Err(StoreError::Exhausted { left, wanted }) => {
+                self.left = Some(left);
+                Err(blindkd_engine::Error::Denied {
+                    code: "budget_exhausted",
+                    detail: format!(
+                        "the token's budget is used up ({left} units left, this needs {wanted}); \
+                         ask the hospital for a new access token"
+                    ),
+                })
+            }
+            Err(StoreError::Backend(d)) => Err(blindkd_engine::Error::Io {
+                path: "token store".into(),
+                source: std::io::Error::other(d),
+            }),
+        }
+    }
 }
 
 /// A live query: its engine handle, owner session and expiry.
@@ -334,6 +518,8 @@ pub struct LiveQuery {
     pub handle: Box<dyn QueryHandle>,
     /// Session that owns it (only it may continue the query).
     pub session: [u8; 16],
+    /// Token of that session (per-token limits).
+    pub cti: [u8; 16],
     /// Index.
     pub index_id: IndexId,
     /// Expiry.
@@ -351,17 +537,25 @@ pub struct Queries {
 
 struct QueryEntry {
     session: [u8; 16],
+    cti: [u8; 16],
     index_id: IndexId,
     expires: Instant,
     query: std::sync::Arc<tokio::sync::Mutex<LiveQuery>>,
 }
 
 impl Queries {
-    /// Stores a new query; refuses when too many are live.
-    pub fn insert(&self, q: LiveQuery, max: usize) -> Result<String, ApiError> {
+    /// Stores a new query; refuses when too many are live in all, or for this token.
+    pub fn insert(&self, q: LiveQuery, max: usize, per_token: usize) -> Result<String, ApiError> {
         let mut map = lock(&self.map)?;
         let now = Instant::now();
         map.retain(|_, e| e.expires > now);
+        let mine = map.values().filter(|e| e.cti == q.cti).count();
+        if mine >= per_token {
+            return Err(ApiError::new(
+                "too_many_queries",
+                format!("this token already has {mine} live queries; finish one first"),
+            ));
+        }
         if map.len() >= max {
             return Err(ApiError::new(
                 "overloaded",
@@ -374,6 +568,7 @@ impl Queries {
             id,
             QueryEntry {
                 session: q.session,
+                cti: q.cti,
                 index_id: q.index_id,
                 expires: q.expires,
                 query: std::sync::Arc::new(tokio::sync::Mutex::new(q)),
@@ -421,13 +616,6 @@ impl Queries {
     /// Live query count (metrics).
     pub fn count(&self) -> usize {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
-    }
-}
-
-impl Pass {
-    /// Whether this pass's session owns a query.
-    pub(crate) fn session_id(&self) -> [u8; 16] {
-        self.session
     }
 }
 

@@ -7,9 +7,11 @@
 
 pub mod audit;
 pub mod auth;
+mod conn;
 pub mod error;
 pub mod metrics;
 mod routes;
+pub mod store;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +50,16 @@ pub struct ServerLimits {
     pub queue_wait: Duration,
     /// Most requests waiting for an evaluation slot; beyond it, 429 `overloaded` at once.
     pub max_waiting: usize,
+    /// Live queries one token may hold at once (across its sessions).
+    pub max_live_queries_per_token: usize,
+    /// Requests of one token in flight at once (bodies are read only after admission).
+    pub max_in_flight_per_token: usize,
+    /// Client connections admitted at once on the public listener; at the cap the longest-idle
+    /// connection is closed to make room.
+    pub max_connections: usize,
+    /// A connection with no request in flight and no byte in or out for this long is closed
+    /// (HTTP/1 keep-alive and HTTP/2 alike).
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -64,6 +76,10 @@ impl Default for ServerLimits {
             request_timeout: Duration::from_secs(30),
             queue_wait: Duration::from_secs(10),
             max_waiting: 256,
+            max_live_queries_per_token: 8,
+            max_in_flight_per_token: 4,
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -78,8 +94,38 @@ pub struct ServerConfig {
     pub revoked: Option<PathBuf>,
     /// Audit log file (JSON lines). Audit lines also go to the `audit` tracing target.
     pub audit: Option<PathBuf>,
+    /// Where token state lives (budgets, consumed nonces, revocations).
+    pub state: StateConfig,
     /// Limits.
     pub limits: ServerLimits,
+}
+
+/// Where the server keeps the token state that must survive a restart.
+#[derive(Clone, Debug)]
+pub enum StateConfig {
+    /// An embedded redb file (the default for `serve`).
+    File(PathBuf),
+    /// In memory: budgets and used nonces are forgotten on restart. Tests and demos only.
+    Ephemeral,
+}
+
+impl StateConfig {
+    /// Opens the store.
+    pub fn open(&self) -> anyhow::Result<Arc<dyn store::TokenStore>> {
+        Ok(match self {
+            StateConfig::File(p) => {
+                let s = store::RedbStore::open(p)?;
+                tracing::info!(path = %p.display(), "token state opened");
+                Arc::new(s)
+            }
+            StateConfig::Ephemeral => {
+                tracing::warn!(
+                    "token state is in memory only: budgets and used nonces reset on restart"
+                );
+                Arc::new(store::MemoryStore::default())
+            }
+        })
+    }
 }
 
 /// Shared server state.
@@ -93,6 +139,7 @@ pub struct AppState {
     /// Requests waiting for a `gate` permit (per server, bounded by `limits.max_waiting`).
     pub(crate) waiting: std::sync::atomic::AtomicUsize,
     pub(crate) queries: auth::Queries,
+    pub(crate) conns: Arc<conn::Conns>,
 }
 
 impl AppState {
@@ -114,10 +161,18 @@ impl AppState {
                 anyhow::bail!("index {} is given twice", id_hex(&id));
             }
         }
-        Self::from_indexes(indexes, cfg.issuers, cfg.revoked, cfg.audit, cfg.limits)
+        let store = cfg.state.open()?;
+        Self::with_store(
+            indexes,
+            cfg.issuers,
+            cfg.revoked,
+            cfg.audit,
+            cfg.limits,
+            store,
+        )
     }
 
-    /// Builds the state from indexes already in memory (tests).
+    /// Builds the state from indexes already in memory, with in-memory token state (tests).
     pub fn from_indexes(
         indexes: HashMap<IndexId, Arc<dyn HostedIndex>>,
         issuers: Issuers,
@@ -125,11 +180,28 @@ impl AppState {
         audit: Option<PathBuf>,
         limits: ServerLimits,
     ) -> anyhow::Result<Arc<Self>> {
+        let store: Arc<dyn store::TokenStore> = Arc::new(store::MemoryStore::default());
+        Self::with_store(indexes, issuers, revoked, audit, limits, store)
+    }
+
+    /// Builds the state from indexes already in memory and a token store.
+    pub fn with_store(
+        indexes: HashMap<IndexId, Arc<dyn HostedIndex>>,
+        issuers: Issuers,
+        revoked: Option<PathBuf>,
+        audit: Option<PathBuf>,
+        limits: ServerLimits,
+        store: Arc<dyn store::TokenStore>,
+    ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(AppState {
             indexes,
-            auth: auth::Auth::new(issuers, revoked),
+            auth: auth::Auth::new(issuers, revoked, store)?,
             gate: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            conns: Arc::new(conn::Conns::new(
+                limits.max_connections,
+                limits.idle_timeout,
+            )),
             limits,
             metrics: metrics::Metrics::default(),
             audit: audit::Audit::open(audit)?,
@@ -148,25 +220,51 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
     routes::router(state)
 }
 
-/// Serves until `shutdown` resolves; returns once in-flight requests have drained (at most 30 s).
+/// Serves the public API until `shutdown` resolves; returns once in-flight requests have drained
+/// (at most 30 s).
 ///
-/// A hand-written accept loop rather than `axum::serve`: hyper then gets a timer, so slow or
-/// stalled request *headers* are cut off after `request_timeout` (slowloris); bodies are bounded
-/// by `read_body`'s deadline.
+/// A hand-written accept loop rather than `axum::serve`:
+/// * hyper gets a timer, so slow or stalled request *headers* are cut off after `request_timeout`
+///   (slowloris); bodies are bounded by `read_body`'s deadline;
+/// * connections are capped (`max_connections`), idle ones close after `idle_timeout`, and at the
+///   cap the longest-idle connection makes room for a newcomer (see `conn`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let router = app(state.clone());
+    serve_loop(listener, router, state, "api", shutdown).await
+}
+
+/// Serves the admin router (`/metrics`, `/healthz`) until `shutdown` resolves. Bind it to a
+/// private address (loopback by default).
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let router = routes::admin_router(state.clone());
+    serve_loop(listener, router, state, "admin", shutdown).await
+}
+
+async fn serve_loop(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    state: Arc<AppState>,
+    name: &'static str,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
 
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "listening");
+    let conns: Arc<conn::Conns> = if name == "admin" {
+        Arc::new(conn::Conns::new(64, state.limits.idle_timeout))
+    } else {
+        state.conns.clone()
+    };
     let header_timeout = state.limits.request_timeout;
-    let router = app(state);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -180,27 +278,78 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Some(handle) = conns.admit(&state.metrics) else {
+                    // Every admitted connection is busy: drop the newcomer (it may retry).
+                    metrics::Metrics::add(&state.metrics.connections_refused, 1);
+                    continue;
+                };
                 let mut builder = Builder::new(TokioExecutor::new());
                 builder
                     .http1()
                     .timer(TokioTimer::new())
                     .header_read_timeout(header_timeout);
-                let svc = TowerToHyperService::new(router.clone());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let per_conn = handle.clone();
+                let router = router.clone();
+                // Counts the connection's requests in flight: a busy connection is never idle.
+                let svc = TowerToHyperService::new(tower::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let guard = per_conn.request();
+                        let router = router.clone();
+                        async move {
+                            let r = tower::ServiceExt::oneshot(router, req).await;
+                            drop(guard);
+                            r
+                        }
+                    },
+                ));
+                let io = TokioIo::new(conn::Tracked::new(stream, handle.clone()));
+                let conns = conns.clone();
+                let idle = conns.idle_timeout();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    let conn = builder.serve_connection_with_upgrades(io, svc);
+                    let mut conn = std::pin::pin!(conn);
+                    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                    let mut closing = false;
+                    loop {
+                        tokio::select! {
+                            r = conn.as_mut() => {
+                                if let Err(e) = r {
+                                    tracing::debug!(error = %e, "connection ended with an error");
+                                }
+                                break;
+                            }
+                            _ = handle.close.notified(), if !closing => {
+                                conn.as_mut().graceful_shutdown();
+                                closing = true;
+                            }
+                            _ = tokio::time::sleep(tick), if !closing => {
+                                if handle.idle_longer_than(idle) {
+                                    conn.as_mut().graceful_shutdown();
+                                    closing = true;
+                                }
+                            }
+                        }
                     }
+                    conns.ended(&handle);
                 });
             }
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
+    conns.close_all();
+    let drained = async {
+        while conns.count() > 0 {
+            let wait = conns.ended.notified();
+            if conns.count() == 0 {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), wait).await;
+        }
+    };
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("shut down cleanly"),
-        _ = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("shut down with connections still open after 30 s"),
+        _ = drained => tracing::info!(listener = name, "shut down cleanly"),
+        _ = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!(listener = name, "shut down with connections still open after 30 s"),
     }
     Ok(())
 }
@@ -228,13 +377,46 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-/// Entry point for `blindkd serve` and the `blindkd-server` binary.
-pub async fn run(cfg: ServerConfig, listen: SocketAddr) -> anyhow::Result<()> {
+/// Binds a listener with a deep accept queue (4096, the usual `somaxconn`): a burst of connections
+/// waits in the kernel for the accept loop instead of having its SYNs dropped and retried a second
+/// later.
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
+}
+
+/// Entry point for `blindkd serve` and the `blindkd-server` binary: the public API on `listen`,
+/// `/metrics` and `/healthz` on `admin` (if any).
+pub async fn run(
+    cfg: ServerConfig,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let state = AppState::new(cfg)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    serve(listener, state, shutdown_signal()).await
+    let listener = bind(listen).map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = match admin {
+        Some(a) => {
+            let l = bind(a).map_err(|e| anyhow::anyhow!("cannot listen on {a} (admin): {e}"))?;
+            let mut rx = stop_rx.clone();
+            Some(tokio::spawn(serve_admin(l, state.clone(), async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })))
+        }
+        None => None,
+    };
+    let r = serve(listener, state, shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    r
 }
 
 /// Arguments of `blindkd serve` / `blindkd-server`.
@@ -249,6 +431,22 @@ pub struct ServeCmd {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8700")]
     pub listen: SocketAddr,
+    /// Admin address for `/metrics` (and `/healthz`); keep it private. `off` disables it.
+    #[arg(long, default_value = "127.0.0.1:8701", value_parser = parse_admin)]
+    pub admin_listen: AdminListen,
+    /// Token state file (budget use, consumed nonces, revocations); created 0600 if missing.
+    #[arg(
+        long,
+        default_value = "blindkd-state.redb",
+        conflicts_with = "ephemeral_state"
+    )]
+    pub state: PathBuf,
+    /// Keep token state in memory only: budgets and used nonces reset on restart (demos, tests).
+    #[arg(long)]
+    pub ephemeral_state: bool,
+    /// Client connections admitted at once (the longest-idle one makes room at the cap).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Revocation list (hex token ids, one per line); re-read when it changes.
     #[arg(long)]
     pub revoked: Option<PathBuf>,
@@ -291,12 +489,44 @@ impl ServeCmd {
             issuers,
             revoked: self.revoked.clone(),
             audit: self.audit.clone(),
+            state: if self.ephemeral_state {
+                StateConfig::Ephemeral
+            } else {
+                StateConfig::File(self.state.clone())
+            },
             limits: ServerLimits {
                 max_concurrent: self.max_concurrent.max(1),
+                max_connections: self.max_connections as usize,
                 ..ServerLimits::default()
             },
         })
     }
+
+    /// The admin address, unless disabled.
+    pub fn admin(&self) -> Option<SocketAddr> {
+        match self.admin_listen {
+            AdminListen::Off => None,
+            AdminListen::At(a) => Some(a),
+        }
+    }
+}
+
+/// Where the admin listener binds.
+#[derive(Clone, Copy, Debug)]
+pub enum AdminListen {
+    /// No admin listener.
+    Off,
+    /// This address.
+    At(SocketAddr),
+}
+
+fn parse_admin(s: &str) -> Result<AdminListen, String> {
+    if s == "off" {
+        return Ok(AdminListen::Off);
+    }
+    s.parse()
+        .map(AdminListen::At)
+        .map_err(|e| format!("`{s}` is not an address like 127.0.0.1:8701 (or `off`): {e}"))
 }
 
 /// Initialises logging (RUST_LOG, default info).
@@ -320,5 +550,5 @@ pub fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(cfg, args.serve.listen))
+    rt.block_on(run(cfg, args.serve.listen, args.serve.admin()))
 }

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub overloaded: AtomicU64,
     /// Error responses.
     pub errors: AtomicU64,
+    /// Connections dropped at the cap because every admitted one was busy.
+    pub connections_refused: AtomicU64,
+    /// Idle connections closed to make room for a new one.
+    pub connections_evicted: AtomicU64,
     /// Microseconds spent evaluating.
     pub eval_micros: AtomicU64,
 }
@@ -33,7 +37,13 @@ impl Metrics {
     }
 
     /// Renders the Prometheus text format.
-    pub fn render(&self, sessions: usize, queries: usize, in_flight: usize) -> String {
+    pub fn render(
+        &self,
+        sessions: usize,
+        queries: usize,
+        in_flight: usize,
+        connections: usize,
+    ) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(
@@ -79,6 +89,16 @@ impl Metrics {
         );
         counter("errors_total", "Error responses.", g(&self.errors));
         counter(
+            "connections_refused_total",
+            "Connections dropped at the cap (every admitted one busy).",
+            g(&self.connections_refused),
+        );
+        counter(
+            "connections_evicted_total",
+            "Idle connections closed to admit a new one.",
+            g(&self.connections_evicted),
+        );
+        counter(
             "eval_seconds_total",
             "Seconds spent in homomorphic evaluation (integer).",
             g(&self.eval_micros) / 1_000_000,
@@ -95,6 +115,11 @@ impl Metrics {
             "evaluations_in_flight",
             "Evaluations running now.",
             in_flight,
+        );
+        gauge(
+            "connections_open",
+            "Client connections admitted on the public listener.",
+            connections,
         );
         out
     }

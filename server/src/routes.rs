@@ -13,19 +13,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use blindkd_engine::index::{id_hex, parse_id};
-use blindkd_engine::protocol::QueryKind;
+use blindkd_engine::protocol::{PayloadReply, PayloadRequest, QueryKind};
 use serde::{Deserialize, Serialize};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
 
-use crate::auth::{LiveQuery, Pass};
+use crate::auth::{LiveQuery, Pass, StoreMeter};
 use crate::metrics::Metrics;
 use crate::{ApiError, AppState};
 
 /// Header carrying the query id in a round-1 reply.
 pub(crate) const QUERY_ID_HEADER: &str = "bkd-query-id";
+/// Header carrying the token's budget units left after the request.
+pub(crate) const BUDGET_LEFT_HEADER: &str = "bkd-budget-left";
 const OCTET: &str = "application/octet-stream";
 
 /// Path parameters; a path that does not decode (bad percent-encoding, invalid UTF-8) is a JSON
@@ -61,17 +63,33 @@ impl MakeRequestId for RequestIds {
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    let timeout = state.limits.request_timeout;
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .route("/v1/nonces", post(nonce))
         .route("/v1/sessions", post(open_session).delete(close_session))
         .route("/v1/indexes/{id}/queries", post(start_query))
         .route("/v1/indexes/{id}/queries/{qid}/blocks", post(blocks))
-        .route("/v1/indexes/{id}/queries/{qid}", delete(end_query))
-        .route("/v1/indexes/{id}/records/{rid}/payload", get(payload))
-        .fallback(|| async { ApiError::new("not_found", "no such endpoint") })
+        .route("/v1/indexes/{id}/queries/{qid}/payloads", post(payloads))
+        .route(
+            "/v1/indexes/{id}/queries/{qid}/records/{rid}/payload",
+            get(payload),
+        )
+        .route("/v1/indexes/{id}/queries/{qid}", delete(end_query));
+    common_layers(routes, &state).with_state(state)
+}
+
+/// The admin router: metrics and the health check, for a listener the operator keeps private
+/// (loopback by default). Counters let an observer infer result counts, so they are not public.
+pub(crate) fn admin_router(state: Arc<AppState>) -> Router {
+    let routes = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics));
+    common_layers(routes, &state).with_state(state)
+}
+
+fn common_layers(r: Router<Arc<AppState>>, state: &AppState) -> Router<Arc<AppState>> {
+    let timeout = state.limits.request_timeout;
+    r.fallback(|| async { ApiError::new("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 "method_not_allowed",
@@ -87,11 +105,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(RequestIds))
-        .with_state(state)
 }
 
-async fn healthz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok", "indexes": s.indexes.len() }))
+/// Liveness only: says nothing about the indexes, sessions or load.
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
@@ -101,8 +119,12 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
         .saturating_sub(s.gate.available_permits());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics
-            .render(s.auth.session_count(), s.queries.count(), in_flight),
+        s.metrics.render(
+            s.auth.session_count(),
+            s.queries.count(),
+            in_flight,
+            s.conns.count(),
+        ),
     )
 }
 
@@ -164,11 +186,11 @@ struct NonceReply {
     nonce: String,
 }
 
-async fn nonce(State(s): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
-    let n = s.auth.nonce().map_err(|e| err(&s, e))?;
-    Ok(axum::Json(NonceReply {
-        nonce: hex::encode(n),
-    }))
+/// Stateless: costs one MAC and stores nothing, so a flood of these cannot lock anyone out.
+async fn nonce(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    axum::Json(NonceReply {
+        nonce: hex::encode(s.auth.nonce()),
+    })
 }
 
 #[derive(Deserialize)]
@@ -188,7 +210,12 @@ struct SessionReply {
     range: bool,
     max_k: u32,
     max_radius: f64,
+    max_blocks: u32,
+    max_results: u32,
+    /// Units over the token's life: one per block evaluated, one per payload served.
     budget: u32,
+    /// Units left now.
+    budget_left: u64,
 }
 
 async fn open_session(State(s): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
@@ -231,21 +258,25 @@ async fn open_session(State(s): State<Arc<AppState>>, req: Request) -> Result<Re
                     .contains(&blindkd_engine::token::QueryKind::Range),
                 max_k: c.scope.max_k,
                 max_radius: c.scope.max_radius,
+                max_blocks: c.scope.max_blocks,
+                max_results: c.scope.max_results,
                 budget: c.scope.budget,
+                budget_left: opened.budget_left,
             })
             .into_response())
         }
-        Err(e) => {
+        Err(refused) => {
             Metrics::add(&s.metrics.sessions_refused, 1);
-            // The token is not trusted here: log only what identifies it, never its contents.
-            let cti = blindkd_engine::token::decode_unverified(&r.token)
-                .map(|c| hex::encode(c.cti))
-                .unwrap_or_default();
-            s.audit.record(
+            // A token id is logged only once its signature verified: a forger cannot put a real
+            // doctor's token id into the refusals. Refusals are rate-limited (unauthenticated).
+            s.audit.record_refusal(
                 "session_refused",
-                serde_json::json!({ "reason": e.code, "cti": cti }),
+                serde_json::json!({
+                    "reason": refused.error.code,
+                    "cti": refused.cti.map(hex::encode),
+                }),
             );
-            Err(err(&s, e))
+            Err(err(&s, refused.error))
         }
     }
 }
@@ -320,8 +351,13 @@ async fn slot(s: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiErro
     }
 }
 
-fn binary(bytes: Vec<u8>) -> Response {
-    ([(header::CONTENT_TYPE, OCTET)], bytes).into_response()
+fn binary(bytes: Vec<u8>, meter: &StoreMeter) -> Response {
+    let mut r = ([(header::CONTENT_TYPE, OCTET)], bytes).into_response();
+    if let Some(left) = meter.left {
+        r.headers_mut()
+            .insert(BUDGET_LEFT_HEADER, HeaderValue::from(left));
+    }
+    r
 }
 
 async fn start_query(
@@ -330,21 +366,26 @@ async fn start_query(
     req: Request,
 ) -> Result<Response, ApiError> {
     let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
+    // Per-token in-flight cap before the (up to 16 MiB) body is read: one token cannot hold many
+    // large bodies or every evaluation slot.
+    let _turn = s
+        .auth
+        .admit_request(&pass, s.limits.max_in_flight_per_token)
+        .map_err(|e| err(&s, e))?;
     let body = read_body(&s, req, s.limits.max_query_body, OCTET)
         .await
         .map_err(|e| err(&s, e))?;
     let index = s.indexes[pass.index_id()].clone();
     let permit = slot(&s).await.map_err(|e| err(&s, e))?;
-    // Charged only once the query may run: a 429 `overloaded` (which clients retry) is not a query.
-    s.auth.charge_query(&pass).map_err(|e| {
-        s.audit.record("query_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
-        err(&s, e)
-    })?;
     let t = Instant::now();
     let access = pass.access().clone();
-    let started = tokio::task::spawn_blocking(move || {
+    // Charged inside the engine once the query may run: a 429 `overloaded` (which clients retry)
+    // costs nothing.
+    let mut meter = s.auth.meter(&pass);
+    let (started, meter) = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        index.start(&access, &body)
+        let r = index.start(&access, &body, &mut meter);
+        (r, meter)
     })
     .await
     .map_err(ApiError::internal)?;
@@ -352,7 +393,7 @@ async fn start_query(
         Ok(v) => v,
         Err(e) => {
             let e = ApiError::from(e);
-            s.audit.record("query_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
+            s.audit.record_refusal("query_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
             return Err(err(&s, e));
         }
     };
@@ -377,13 +418,18 @@ async fn start_query(
             LiveQuery {
                 handle: started.handle,
                 session: pass.session_id(),
+                cti: *pass.cti(),
                 index_id: *pass.index_id(),
                 expires: Instant::now() + s.limits.query_ttl,
                 kind,
             },
             s.limits.max_live_queries,
+            s.limits.max_live_queries_per_token,
         )
-        .map_err(|e| err(&s, e))?;
+        .map_err(|e| {
+            s.audit.record_refusal("query_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
+            err(&s, e)
+        })?;
     s.audit.record(
         "query_started",
         serde_json::json!({
@@ -392,7 +438,7 @@ async fn start_query(
             "pivot_blocks": started.info.pivot_blocks, "micros": micros,
         }),
     );
-    let mut resp = binary(started.reply);
+    let mut resp = binary(started.reply, &meter);
     if let Ok(v) = HeaderValue::from_str(&qid) {
         resp.headers_mut().insert(QUERY_ID_HEADER, v);
     }
@@ -405,24 +451,28 @@ async fn blocks(
     req: Request,
 ) -> Result<Response, ApiError> {
     let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
+    let q = s.queries.get(&pass, &qid).map_err(|e| err(&s, e))?;
+    let _turn = s
+        .auth
+        .admit_request(&pass, s.limits.max_in_flight_per_token)
+        .map_err(|e| err(&s, e))?;
     let body = read_body(&s, req, s.limits.max_small_body, OCTET)
         .await
         .map_err(|e| err(&s, e))?;
-    let q = s.queries.get(&pass, &qid).map_err(|e| err(&s, e))?;
     let permit = slot(&s).await.map_err(|e| err(&s, e))?;
     let limits = s.limits.blocks;
     let t = Instant::now();
-    let q2 = q.clone();
+    let mut meter = s.auth.meter(&pass);
     let res = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let mut g = q2.blocking_lock();
+        let mut g = q.blocking_lock();
         let before = g.handle.blocks_evaluated();
-        let r = g.handle.blocks(&limits, &body);
-        (r, g.handle.blocks_evaluated() - before, g.kind)
+        let r = g.handle.blocks(&limits, &body, &mut meter);
+        (r, g.handle.blocks_evaluated() - before, g.kind, meter)
     })
     .await
     .map_err(ApiError::internal)?;
-    let (reply, n, kind) = res;
+    let (reply, n, kind, meter) = res;
     let micros = t.elapsed().as_micros() as u64;
     match reply {
         Ok(bytes) => {
@@ -433,14 +483,102 @@ async fn blocks(
                 "blocks",
                 serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "query": &qid[..qid.len().min(8)], "kind": kind, "blocks": n, "micros": micros }),
             );
-            Ok(binary(bytes))
+            Ok(binary(bytes, &meter))
         }
         Err(e) => {
             let e = ApiError::from(e);
-            s.audit.record("blocks_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
+            s.audit.record_refusal("blocks_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
             Err(err(&s, e))
         }
     }
+}
+
+/// Runs a payload request on the live query (off the executor: the charge is a durable write).
+async fn serve_payloads(
+    s: &Arc<AppState>,
+    pass: &Pass,
+    qid: &str,
+    body: Vec<u8>,
+) -> Result<(Vec<u8>, StoreMeter), ApiError> {
+    let q = s.queries.get(pass, qid)?;
+    let mut meter = s.auth.meter(pass);
+    let (r, meter) = tokio::task::spawn_blocking(move || {
+        let mut g = q.blocking_lock();
+        let r = g.handle.payloads(&body, &mut meter);
+        (r, meter)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    match r {
+        Ok(bytes) => Ok((bytes, meter)),
+        Err(e) => {
+            let e = ApiError::from(e);
+            s.audit.record_refusal("payload_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
+            Err(e)
+        }
+    }
+}
+
+/// The payloads of a result set, in one round trip.
+async fn payloads(
+    State(s): State<Arc<AppState>>,
+    Ids((id, qid)): Ids<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
+    let _turn = s
+        .auth
+        .admit_request(&pass, s.limits.max_in_flight_per_token)
+        .map_err(|e| err(&s, e))?;
+    let body = read_body(&s, req, s.limits.max_small_body, OCTET)
+        .await
+        .map_err(|e| err(&s, e))?;
+    let (bytes, meter) = serve_payloads(&s, &pass, &qid, body.to_vec())
+        .await
+        .map_err(|e| err(&s, e))?;
+    let served: PayloadReply = postcard::from_bytes(&bytes).map_err(ApiError::internal)?;
+    Metrics::add(&s.metrics.payloads, served.payloads.len() as u64);
+    // LEAKAGE: [payload-fetch] which records' payloads a doctor fetches (the result set's ids).
+    s.audit.record(
+        "payloads",
+        serde_json::json!({
+            "sub": pass.subject(), "session": pass.session_hex(), "query": &qid[..qid.len().min(8)],
+            "records": served.payloads.iter().map(|p| format!("{:016x}", p.record_id)).collect::<Vec<_>>(),
+        }),
+    );
+    Ok(binary(bytes, &meter))
+}
+
+/// One payload (the single form of [`payloads`]), bounded and charged the same way.
+async fn payload(
+    State(s): State<Arc<AppState>>,
+    Ids((id, qid, rid)): Ids<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let pass = authorize(&s, &headers, &id).map_err(|e| err(&s, e))?;
+    let _turn = s
+        .auth
+        .admit_request(&pass, s.limits.max_in_flight_per_token)
+        .map_err(|e| err(&s, e))?;
+    let rid = u64::from_str_radix(&rid, 16).map_err(|_| {
+        err(
+            &s,
+            ApiError::new("unreachable_record", "malformed record id"),
+        )
+    })?;
+    let body = postcard::to_allocvec(&PayloadRequest { records: vec![rid] })
+        .map_err(ApiError::internal)?;
+    let (bytes, meter) = serve_payloads(&s, &pass, &qid, body)
+        .await
+        .map_err(|e| err(&s, e))?;
+    let mut served: PayloadReply = postcard::from_bytes(&bytes).map_err(ApiError::internal)?;
+    let p = served
+        .payloads
+        .pop()
+        .ok_or_else(|| ApiError::internal("empty payload reply"))?;
+    Metrics::add(&s.metrics.payloads, 1);
+    s.audit.record("payloads", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "query": &qid[..qid.len().min(8)], "records": [format!("{rid:016x}")] }));
+    Ok(binary(p.sealed, &meter))
 }
 
 async fn end_query(
@@ -452,23 +590,4 @@ async fn end_query(
     s.queries.get(&pass, &qid).map_err(|e| err(&s, e))?;
     s.queries.remove(&qid);
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn payload(
-    State(s): State<Arc<AppState>>,
-    Ids((id, rid)): Ids<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let pass = authorize(&s, &headers, &id).map_err(|e| err(&s, e))?;
-    let rid = u64::from_str_radix(&rid, 16)
-        .map_err(|_| err(&s, ApiError::new("unknown_record", "malformed record id")))?;
-    match s.indexes[pass.index_id()].payload(pass.access(), rid) {
-        Ok(bytes) => {
-            Metrics::add(&s.metrics.payloads, 1);
-            // LEAKAGE: [payload-fetch] which records' payloads a doctor fetches (the result set's ids).
-            s.audit.record("payload", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "record": format!("{rid:016x}") }));
-            Ok(binary(bytes))
-        }
-        Err(e) => Err(err(&s, ApiError::from(e))),
-    }
 }

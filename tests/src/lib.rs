@@ -196,6 +196,8 @@ impl Fixture {
                 max_radius: 1e6,
                 classes: CLASSES.iter().map(|s| s.to_string()).collect(),
                 budget: 1000,
+                max_blocks: 64,
+                max_results: 1000,
             },
             cnf: device.public().ed25519,
         }
@@ -376,33 +378,66 @@ pub fn state(
     AppState::from_indexes(indexes, issuers, revoked, None, limits).unwrap()
 }
 
+/// Server state hosting `fixtures` with token state in `store`.
+pub fn state_with_store(
+    fixtures: &[&Fixture],
+    limits: ServerLimits,
+    store: Arc<dyn blindkd_server::store::TokenStore>,
+) -> Arc<AppState> {
+    let mut indexes: HashMap<IndexId, Arc<dyn HostedIndex>> = HashMap::new();
+    let mut issuers = Issuers::new();
+    for f in fixtures {
+        indexes.insert(f.id(), f.index.clone());
+        issuers.insert(f.issuer_name(), f.issuer_key.public());
+    }
+    AppState::with_store(indexes, issuers, None, None, limits, store).unwrap()
+}
+
 /// A query server on a free loopback port. Dropping it stops it.
 pub struct TestServer {
     /// Address.
     pub addr: SocketAddr,
     /// `http://127.0.0.1:port`.
     pub base: String,
+    /// The admin listener (`/metrics`), `http://127.0.0.1:port`.
+    pub admin: String,
     /// Its state (audit lines, …).
     pub state: Arc<AppState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    admin_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestServer {
     /// Starts serving `state` on `127.0.0.1:0`.
     pub async fn start(state: Arc<AppState>) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let listener = blindkd_server::bind(loopback).unwrap();
         let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(blindkd_server::serve(listener, state.clone(), async {
-            let _ = rx.await;
-        }));
+        let admin = blindkd_server::bind(loopback).unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        let task = tokio::spawn(blindkd_server::serve(
+            listener,
+            state.clone(),
+            stopped(rx.clone()),
+        ));
+        let admin_task = tokio::spawn(blindkd_server::serve_admin(
+            admin,
+            state.clone(),
+            stopped(rx),
+        ));
         TestServer {
             addr,
             base: format!("http://{addr}"),
+            admin: format!("http://{admin_addr}"),
             state,
             stop: Some(tx),
             task: Some(task),
+            admin_task: Some(admin_task),
         }
     }
 
@@ -419,9 +454,12 @@ impl TestServer {
     /// Stops the server and waits (bounded) for it to finish draining.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.admin_task.take()]
+            .into_iter()
+            .flatten()
+        {
             tokio::time::timeout(HANG, task)
                 .await
                 .expect("server did not shut down")
@@ -432,7 +470,7 @@ impl TestServer {
 
     /// Prometheus counter or gauge value by full metric name.
     pub async fn metric(&self, name: &str) -> u64 {
-        let text = reqwest::get(format!("{}/metrics", self.base))
+        let text = reqwest::get(format!("{}/metrics", self.admin))
             .await
             .unwrap()
             .text()
@@ -445,9 +483,12 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.admin_task.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
     }

@@ -37,8 +37,8 @@ impl QueryKind {
 }
 
 /// What a token allows. Encoded as the private-use claim −65537, a CBOR map
-/// `{1: [kind…], 2: max_k, 3: max_radius, 4: [class…], 5: budget}` with kinds `knn` = 0 and
-/// `range` = 1.
+/// `{1: [kind…], 2: max_k, 3: max_radius, 4: [class…], 5: budget, 6: max_blocks, 7: max_results}`
+/// with kinds `knn` = 0 and `range` = 1.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Scope {
     /// Allowed query kinds (non-empty, no repeats).
@@ -49,8 +49,14 @@ pub struct Scope {
     pub max_radius: f64,
     /// Policy classes the doctor may query (non-empty, no repeats).
     pub classes: Vec<String>,
-    /// Number of queries the token allows in total.
+    /// Units of work the token allows in total, across all its sessions: one unit per block the
+    /// server evaluates (pivot or leaf) and one per payload it serves.
     pub budget: u32,
+    /// Most leaf blocks one query may evaluate (≥ 1): with the records per leaf, this bounds how
+    /// many distances one query can open.
+    pub max_blocks: u32,
+    /// Most payloads one range query may fetch (≥ 1); a kNN query may fetch at most k.
+    pub max_results: u32,
 }
 
 impl Scope {
@@ -110,6 +116,8 @@ const SCOPE_MAX_K: i64 = 2;
 const SCOPE_MAX_RADIUS: i64 = 3;
 const SCOPE_CLASSES: i64 = 4;
 const SCOPE_BUDGET: i64 = 5;
+const SCOPE_MAX_BLOCKS: i64 = 6;
+const SCOPE_MAX_RESULTS: i64 = 7;
 
 // COSE_Key labels and values (RFC 9052 §7, RFC 9053 §7.2) for the `cnf` claim (RFC 8747 §3.1).
 const CNF_COSE_KEY: i64 = 1;
@@ -141,6 +149,11 @@ impl Claims {
             || (s.kinds.len() == 2 && s.kinds[0] == s.kinds[1])
         {
             return bad("scope kinds must be non-empty without repeats".into());
+        }
+        if s.max_blocks == 0 || s.max_results == 0 || s.budget == 0 || s.max_k == 0 {
+            return bad(
+                "scope max_k, budget, max_blocks and max_results must be at least 1".into(),
+            );
         }
         if !s.max_radius.is_finite() || s.max_radius < 0.0 {
             return bad("scope max_radius must be finite and >= 0".into());
@@ -183,6 +196,14 @@ impl Claims {
             ),
             (Value::from(SCOPE_CLASSES), Value::Array(classes)),
             (Value::from(SCOPE_BUDGET), Value::from(self.scope.budget)),
+            (
+                Value::from(SCOPE_MAX_BLOCKS),
+                Value::from(self.scope.max_blocks),
+            ),
+            (
+                Value::from(SCOPE_MAX_RESULTS),
+                Value::from(self.scope.max_results),
+            ),
         ]);
         let cose_key = Value::Map(vec![
             (Value::from(KEY_KTY), Value::from(KTY_OKP)),
@@ -261,7 +282,10 @@ fn int_map<const N: usize>(value: Value, labels: [i64; N], what: &str) -> Result
         return Err(malformed(&format!("{what} must be a map")));
     };
     if entries.len() != N {
-        return Err(malformed(&format!("{what} must have {N} entries")));
+        return Err(malformed(&format!(
+            "{what} must have {N} entries, it has {} (a token from an older blindkd: issue a new one)",
+            entries.len()
+        )));
     }
     let mut out: [Option<Value>; N] = std::array::from_fn(|_| None);
     for (k, v) in entries {
@@ -316,7 +340,7 @@ fn parse_cnf(value: Value) -> Result<[u8; 32]> {
 }
 
 fn parse_scope(value: Value) -> Result<Scope> {
-    let [kinds, max_k, max_radius, classes, budget] = int_map(
+    let [kinds, max_k, max_radius, classes, budget, max_blocks, max_results] = int_map(
         value,
         [
             SCOPE_KINDS,
@@ -324,6 +348,8 @@ fn parse_scope(value: Value) -> Result<Scope> {
             SCOPE_MAX_RADIUS,
             SCOPE_CLASSES,
             SCOPE_BUDGET,
+            SCOPE_MAX_BLOCKS,
+            SCOPE_MAX_RESULTS,
         ],
         "scope",
     )?;
@@ -357,6 +383,8 @@ fn parse_scope(value: Value) -> Result<Scope> {
         max_radius,
         classes,
         budget: u32_of(&budget, "scope budget")?,
+        max_blocks: u32_of(&max_blocks, "scope max_blocks")?,
+        max_results: u32_of(&max_results, "scope max_results")?,
     })
 }
 

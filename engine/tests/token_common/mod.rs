@@ -34,6 +34,8 @@ pub fn claims(device: &DevicePublic) -> Claims {
             max_radius: 2.5,
             classes: vec!["cardiology".into()],
             budget: 100,
+            max_blocks: 16,
+            max_results: 100,
         },
         cnf: device.ed25519,
     }
