@@ -11,5 +11,15 @@ if grep -q 'blindkd-engine feature "client"' <<<"$tree"; then
 fi
 # And the engine compiles without it (the server's view of the engine).
 cargo clippy -q -p blindkd-engine --no-default-features -- -D warnings
-cargo check -q -p blindkd-server --bin blindkd-server
+cargo build -q -p blindkd-server --bin blindkd-server
+# The binary itself: built on its own it must start past its key-holding guard (it then fails on
+# the missing files, exit 1); a build that linked key code would refuse with exit 2.
+set +e
+out=$(target/debug/blindkd-server --index /nonexistent.bkd --issuer /nonexistent.pub --ephemeral-state 2>&1)
+rc=$?
+set -e
+if [ "$rc" -ne 1 ] || grep -q "key-holding" <<<"$out"; then
+  echo "FAIL: the operator's blindkd-server binary (rc $rc): $out" >&2
+  exit 1
+fi
 echo "ok: blindkd-server does not enable blindkd-engine/client"

@@ -13,7 +13,9 @@ fn mlhe(c: &mut Criterion) {
     let f = MlheFixture::new(d).unwrap();
     let m = &f.m;
     let prepared = m.prepare(&f.block, d).unwrap();
-    let query = m.decode_query(&f.query_bytes, d).unwrap();
+    let query = m
+        .decode_query(&f.query_bytes, d, &blindkd_engine::crypto::FIXED_PK_SEED)
+        .unwrap();
     let reply = m.evaluate(&query, &prepared).unwrap();
     let product = Product::new(d).unwrap();
     let mut g = c.benchmark_group("mlhe_d10");
@@ -24,10 +26,20 @@ fn mlhe(c: &mut Criterion) {
         b.iter(|| m.seal_query(&f.session, black_box(&f.plan.w)).unwrap())
     });
     g.bench_function("session_public", |b| {
-        b.iter(|| m.session_public(&f.session).unwrap())
+        b.iter(|| {
+            m.session_public(&f.session, &blindkd_engine::crypto::FIXED_PK_SEED)
+                .unwrap()
+        })
     });
     g.bench_function("decode_query", |b| {
-        b.iter(|| m.decode_query(black_box(&f.query_bytes), d).unwrap())
+        b.iter(|| {
+            m.decode_query(
+                black_box(&f.query_bytes),
+                d,
+                &blindkd_engine::crypto::FIXED_PK_SEED,
+            )
+            .unwrap()
+        })
     });
     g.bench_function("prepare_block", |b| {
         b.iter(|| m.prepare(black_box(&f.block), d).unwrap())

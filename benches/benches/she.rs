@@ -20,7 +20,13 @@ mod she {
         let prepared = scheme.prepare(&block, d).unwrap();
         let plan = QueryPlan::new(&vec![5; d], &vec![1; d]);
         let sealed = scheme.seal_query(&(), &plan.w).unwrap();
-        let q = scheme.decode_query(&frame_query(&[], &sealed), d).unwrap();
+        let q = scheme
+            .decode_query(
+                &frame_query(&[], &sealed),
+                d,
+                &blindkd_engine::crypto::FIXED_PK_SEED,
+            )
+            .unwrap();
         let reply = scheme.evaluate(&q, &prepared).unwrap();
         let refs: Vec<RowRef> = r.iter().map(|(x, _)| *x).collect();
         let a = key.encrypt(1234, &mut rand::rng()).unwrap();

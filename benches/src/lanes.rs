@@ -136,6 +136,7 @@ fn access(classes: Vec<String>) -> Access {
         max_radius: f64::INFINITY,
         max_blocks: u32::MAX,
         max_results: u32::MAX,
+        pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
     }
 }
 
@@ -248,7 +249,7 @@ impl<S: ClientScheme> Lane for ScanLane<S> {
         let plan = QueryPlan::new(q.q, &self.weights);
         let session = s.new_session()?;
         let sealed = frame_query(
-            &s.session_public(&session)?,
+            &s.session_public(&session, &blindkd_engine::crypto::FIXED_PK_SEED)?,
             &s.seal_query(&session, &plan.w)?,
         );
         let mut client_us = t0.elapsed().as_secs_f64() * 1e6;
@@ -259,7 +260,7 @@ impl<S: ClientScheme> Lane for ScanLane<S> {
         };
         // Server: decode, then every leaf block of every class, in parallel.
         let t = Instant::now();
-        let query = s.decode_query(&sealed, self.dim)?;
+        let query = s.decode_query(&sealed, self.dim, &blindkd_engine::crypto::FIXED_PK_SEED)?;
         let replies: Vec<Vec<Vec<u8>>> = self
             .server
             .classes
@@ -425,12 +426,13 @@ impl Lane for KiddoLane {
 }
 
 /// A server state hosting `built`, with `owner`'s issuer key pinned: what every loopback
-/// benchmark server runs.
+/// benchmark server runs. Token state is durable, as with `serve`: a redb file in a temporary
+/// directory that lives as long as the returned guard (every charge is an fsynced commit).
 pub(crate) fn loopback_state(
     owner: &OwnerKey,
     built: &Built,
     limits: blindkd_server::ServerLimits,
-) -> anyhow::Result<Arc<blindkd_server::AppState>> {
+) -> anyhow::Result<(Arc<blindkd_server::AppState>, tempfile::TempDir)> {
     use blindkd_engine::token::{IssuerKey, Issuers};
     let mut issuers = Issuers::new();
     issuers.insert(
@@ -439,7 +441,12 @@ pub(crate) fn loopback_state(
     );
     let mut indexes = HashMap::new();
     indexes.insert(built.record.index_id, built.hosted.clone());
-    blindkd_server::AppState::from_indexes(indexes, issuers, None, None, limits)
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(blindkd_server::store::RedbStore::open(
+        &dir.path().join("state.redb"),
+    )?);
+    let state = blindkd_server::AppState::with_store(indexes, issuers, None, None, limits, store)?;
+    Ok((state, dir))
 }
 
 /// A token signed by `owner` for `built`'s index, bound to `device`, valid for `ttl` from now.
@@ -481,6 +488,7 @@ pub struct HttpLane<'a> {
     built: &'a Built,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _state_dir: tempfile::TempDir,
 }
 
 impl<'a> HttpLane<'a> {
@@ -498,7 +506,7 @@ impl<'a> HttpLane<'a> {
             blocks: LIMITS,
             ..blindkd_server::ServerLimits::default()
         };
-        let state = loopback_state(owner, built, limits)?;
+        let (state, state_dir) = loopback_state(owner, built, limits)?;
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = listener.local_addr()?;
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -533,6 +541,7 @@ impl<'a> HttpLane<'a> {
             built,
             stop: Some(stop),
             server: Some(server),
+            _state_dir: state_dir,
         })
     }
 

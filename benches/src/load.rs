@@ -127,13 +127,25 @@ pub fn run(a: &LoadArgs) -> anyhow::Result<()> {
         max_concurrent: a.max_concurrent,
         ..blindkd_server::ServerLimits::default()
     };
-    let state = lanes::loopback_state(&owner, &built, limits)?;
+    let (state, _state_dir) = lanes::loopback_state(&owner, &built, limits)?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let base = format!("http://{}", listener.local_addr()?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(blindkd_server::serve(listener, state.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let admin = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let admin_base = format!("http://{}", admin.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let server = rt.spawn(blindkd_server::serve(
+        listener,
+        state.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let admin_server = rt.spawn(blindkd_server::serve_admin(
+        admin,
+        state.clone(),
+        stopped(stop_rx),
+    ));
     let bundle = Arc::new(owner.bundle(&built.record.classes, Some(&id_hex(&id)))?);
     anyhow::ensure!(!bundle.entries.is_empty(), "empty bundle");
     let queries_user = Arc::new(d.queries_user.clone());
@@ -238,7 +250,7 @@ pub fn run(a: &LoadArgs) -> anyhow::Result<()> {
     let elapsed = t0.elapsed().as_secs_f64();
     lat.sort_by(f64::total_cmp);
     let overloaded_during_load = rt.block_on(async {
-        let text = reqwest::get(format!("{base}/metrics"))
+        let text = reqwest::get(format!("{admin_base}/metrics"))
             .await?
             .text()
             .await?;
@@ -249,17 +261,22 @@ pub fn run(a: &LoadArgs) -> anyhow::Result<()> {
                 .unwrap_or(0),
         )
     })?;
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     rt.block_on(server)??;
+    rt.block_on(admin_server)??;
 
     // Phase 2: overload burst without client retries against one slot and a one-place queue.
+    // One token sends the burst: its own in-flight and live-query caps are lifted, so the 429s
+    // measured are the server's gate.
     let limits = blindkd_server::ServerLimits {
         max_concurrent: 1,
         max_waiting: 1,
         queue_wait: Duration::from_millis(200),
+        max_in_flight_per_token: usize::MAX,
+        max_live_queries_per_token: usize::MAX,
         ..blindkd_server::ServerLimits::default()
     };
-    let state = lanes::loopback_state(&owner, &built, limits)?;
+    let (state, _state_dir2) = lanes::loopback_state(&owner, &built, limits)?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let base2 = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -281,7 +298,7 @@ pub fn run(a: &LoadArgs) -> anyhow::Result<()> {
             vec![],
             BatchPolicy::default(),
         )?;
-        let body = qc.start_request()?;
+        let body = qc.start_request(&blindkd_engine::crypto::FIXED_PK_SEED)?;
         let http = reqwest::Client::new();
         let url = format!("{base2}/v1/indexes/{}/queries", id_hex(&id));
         let sends: Vec<_> = (0..a.burst)

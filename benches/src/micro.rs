@@ -74,7 +74,7 @@ impl MlheFixture {
         let q: Vec<i64> = (0..d as i64).map(|i| 100 * i - 300).collect();
         let plan = QueryPlan::new(&q, &vec![1; d]);
         let query_bytes = frame_query(
-            &m.session_public(&session)?,
+            &m.session_public(&session, &blindkd_engine::crypto::FIXED_PK_SEED)?,
             &m.seal_query(&session, &plan.w)?,
         );
         Ok(MlheFixture {
@@ -149,19 +149,25 @@ pub fn run(reps: usize) -> anyhow::Result<String> {
         let _ = std::hint::black_box(m.seal_query(&f.session, &f.plan.w));
     });
     let t_pk = median_us(reps, || {
-        let _ = std::hint::black_box(m.session_public(&f.session));
+        let _ = std::hint::black_box(
+            m.session_public(&f.session, &blindkd_engine::crypto::FIXED_PK_SEED),
+        );
     });
     let t_session = median_us(reps, || {
         let _ = std::hint::black_box(m.new_session());
     });
     let t_decode = median_us(reps, || {
-        let _ = std::hint::black_box(m.decode_query(&f.query_bytes, d));
+        let _ = std::hint::black_box(m.decode_query(
+            &f.query_bytes,
+            d,
+            &blindkd_engine::crypto::FIXED_PK_SEED,
+        ));
     });
     let t_prepare = median_us(reps, || {
         let _ = std::hint::black_box(m.prepare(&f.block, d));
     });
     let prepared = m.prepare(&f.block, d)?;
-    let query = m.decode_query(&f.query_bytes, d)?;
+    let query = m.decode_query(&f.query_bytes, d, &blindkd_engine::crypto::FIXED_PK_SEED)?;
     let product = Product::new(d)?;
     let t_product = median_us(reps, || {
         let _ = product.run();
@@ -264,7 +270,11 @@ pub fn she(reps: usize, d: usize) -> anyhow::Result<String> {
     let prepared = scheme.prepare(&block, d)?;
     let plan = QueryPlan::new(&vec![5; d], &vec![1; d]);
     let sealed = scheme.seal_query(&(), &plan.w)?;
-    let q = scheme.decode_query(&frame_query(&[], &sealed), d)?;
+    let q = scheme.decode_query(
+        &frame_query(&[], &sealed),
+        d,
+        &blindkd_engine::crypto::FIXED_PK_SEED,
+    )?;
     let t_eval = median_us(reps, || {
         let _ = std::hint::black_box(scheme.evaluate(&q, &prepared));
     });

@@ -69,6 +69,8 @@ pub struct Session {
     pub budget: u32,
     /// Units left when the session opened.
     pub budget_left: u64,
+    /// The server's seed for the session public key's `a` (hex).
+    pub pk_seed: String,
 }
 
 /// One result row as the doctor sees it.
@@ -240,7 +242,11 @@ impl Client {
         let t = Instant::now();
         let q = entry.schema.encode(vector)?;
         let mut client = new_query_client(entry, kind, &q, classes, BatchPolicy::default())?;
-        let (c, start) = blocking(client, |c| c.start_request()).await?;
+        let seed: [u8; 32] = hex::decode(&session.pk_seed)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| ClientError::Transport("the session has no valid key seed".into()))?;
+        let (c, start) = blocking(client, move |c| c.start_request(&seed)).await?;
         client = c;
         let base = format!("{}/v1/indexes/{}/queries", self.base, session.index_id);
         let (reply, qid) = self.post_bin(&base, session, start).await?;

@@ -20,3 +20,8 @@ pub mod token;
 pub mod tree;
 
 pub use error::{Error, Result};
+
+/// Whether this build of the engine contains the key-holding code (feature `client`). Cargo unifies
+/// features across a workspace build, so a `blindkd-server` built together with the client crates
+/// links it; the server binary refuses to start then (issue 11, finding K).
+pub const KEY_HOLDING: bool = cfg!(feature = "client");

@@ -364,6 +364,7 @@ pub fn payload_bucket(len: usize) -> usize {
 /// Pads a JSON payload with spaces to its bucket. JSON ignores trailing white space, so payloads
 /// sealed before padding existed open the same way.
 fn pad_payload(body: &mut Vec<u8>) {
+    // LEAKAGE: [payload-bucket] the size bucket of each sealed payload (256 B … 64 KiB, then 64 KiB steps).
     body.resize(payload_bucket(body.len()), b' ');
 }
 

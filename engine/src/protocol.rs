@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{plain::Plain, Scheme};
+use crate::crypto::{plain::Plain, PkSeed, Scheme};
 use crate::index::{IndexHeader, ServerIndex};
 use crate::tree::TreeShape;
 use crate::{Error, Result};
@@ -131,6 +131,8 @@ pub struct Access {
     pub max_blocks: u32,
     /// Most payloads one range query may fetch (kNN: at most k).
     pub max_results: u32,
+    /// The server's seed for this session's public key `a` (see [`crate::crypto::PkSeed`]).
+    pub pk_seed: PkSeed,
 }
 
 /// Server-side limits, on top of the token's.
@@ -388,10 +390,11 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
             .map(|&c| self.index.classes[c as usize].pivot_blocks.len() as u64)
             .sum();
         meter.charge(pivot_blocks)?;
-        let query = self
-            .index
-            .scheme
-            .decode_query(&req.query, self.index.header.dim as usize)?;
+        let query = self.index.scheme.decode_query(
+            &req.query,
+            self.index.header.dim as usize,
+            &access.pk_seed,
+        )?;
         // Every pivot block of every searched class: the pivot round is independent of the query.
         let out = classes
             .iter()
@@ -701,8 +704,8 @@ mod client {
 
     /// A scheme-erased query client (the doctor's state machine for one query).
     pub trait QueryClient: Send {
-        /// Round-1 request bytes.
-        fn start_request(&mut self) -> Result<Vec<u8>>;
+        /// Round-1 request bytes; `pk_seed` is the server's seed from the session.
+        fn start_request(&mut self, pk_seed: &PkSeed) -> Result<Vec<u8>>;
         /// Feeds the round-1 reply.
         fn on_start(&mut self, reply: &[u8]) -> Result<Step>;
         /// Feeds a block reply.
@@ -779,7 +782,7 @@ mod client {
         client: &mut dyn QueryClient,
         payloads: bool,
     ) -> Result<(Vec<Hit>, Vec<SealedPayload>)> {
-        let req = client.start_request()?;
+        let req = client.start_request(&access.pk_seed)?;
         let started = index.clone().start(access, &req, &mut Unmetered)?;
         let mut live = started.handle;
         let mut step = client.on_start(&started.reply)?;
@@ -1006,10 +1009,10 @@ mod client {
     }
 
     impl<S: ClientScheme> QueryClient for Driver<S> {
-        fn start_request(&mut self) -> Result<Vec<u8>> {
+        fn start_request(&mut self, pk_seed: &PkSeed) -> Result<Vec<u8>> {
             let t = Instant::now();
             let query = frame_query(
-                &self.scheme.session_public(&self.session)?,
+                &self.scheme.session_public(&self.session, pk_seed)?,
                 &self.scheme.seal_query(&self.session, &self.plan.w)?,
             );
             let bytes = postcard::to_allocvec(&StartRequest {

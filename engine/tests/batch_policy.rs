@@ -80,6 +80,7 @@ fn batch_policy_table() {
                 max_radius: f64::INFINITY,
                 max_blocks: u32::MAX,
                 max_results: u32::MAX,
+                pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
             };
             for first in [1u32, 2, 4, 8] {
                 let (mut rounds, mut blocks, mut maxb) = (0u64, 0u64, 0u32);

@@ -16,8 +16,8 @@ use blindkd_engine::index::{
 };
 use blindkd_engine::owner::{build_index, BuildOptions, OwnerKey, OwnerRecord};
 use blindkd_engine::protocol::{
-    new_query_client, open_index_bytes, run_in_process, run_with_payloads, Access, BatchPolicy,
-    Limits, QueryKind, Unmetered,
+    new_query_client, open_index_bytes, run_with_payloads, Access, BatchPolicy, Limits, QueryKind,
+    Unmetered,
 };
 use blindkd_engine::tree::ShapeNode;
 use blindkd_engine::Error;
@@ -677,6 +677,7 @@ fn run_query(bytes: &[u8], owner: &OwnerKey, kind: QueryKind) -> (Vec<Hit3>, Vec
         max_radius: 1e9,
         max_blocks: u32::MAX,
         max_results: u32::MAX,
+        pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
     };
     let mut client =
         new_query_client(entry, kind, &COMPAT_QUERY, vec![], BatchPolicy::default()).unwrap();
@@ -897,6 +898,7 @@ fn plain_extreme_rows_and_query_do_not_panic() {
         max_radius: 1.0,
         max_blocks: u32::MAX,
         max_results: u32::MAX,
+        pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
     };
     let started = index.start(&access, &req, &mut Unmetered).unwrap();
     let mut h = started.handle;

@@ -60,10 +60,12 @@ fn every_evaluation_is_freshly_randomised() {
     let query = m
         .decode_query(
             &frame_query(
-                &m.session_public(&s).unwrap(),
+                &m.session_public(&s, &blindkd_engine::crypto::FIXED_PK_SEED)
+                    .unwrap(),
                 &m.seal_query(&s, &plan.w).unwrap(),
             ),
             d,
+            &blindkd_engine::crypto::FIXED_PK_SEED,
         )
         .unwrap();
     let r1 = m.evaluate(&query, &prepared).unwrap();
@@ -118,37 +120,46 @@ fn division_attack_recovers_nothing() {
     }
     let parts: Vec<Vec<u8>> = cts.iter().map(|c| c.to_bytes()).collect();
     let s = m.new_session().unwrap();
-    let bytes = frame_query(
-        &m.session_public(&s).unwrap(),
-        &postcard::to_allocvec(&parts).unwrap(),
-    );
-    let reply = m
-        .evaluate(&m.decode_query(&bytes, d).unwrap(), &prepared)
-        .unwrap();
-    let pb = DEGREE * 60 / 8;
-    let q0 = &par
-        .context_at_level(par.max_level())
-        .unwrap()
-        .moduli_operators()[0];
-    let c1_out = q0.deserialize_vec(&reply[4 + pb..4 + 2 * pb]);
-    let t = 1i64 << 40;
-    let q0v = moduli[0] as i64;
-    let hits = c1_out
-        .iter()
-        .zip(&b.cols[0])
-        .filter(|&(&c, &y)| {
-            let v = c as i64;
-            let centred = if v > q0v / 2 { v - q0v } else { v };
-            let y = if y > (t as u64) / 2 {
-                y as i64 - t
-            } else {
-                y as i64
-            };
-            centred == y
-        })
-        .count();
-    assert!(
-        hits < 4,
-        "the client read {hits}/{DEGREE} masked values: re-randomisation is missing"
-    );
+    // An honest session key, and `b = 0` (which, when the client also chose `a`, made pk = (0, 0)
+    // and switched re-randomisation off): `a` is the server's now, so neither helps.
+    for pk in [
+        m.session_public(&s, &blindkd_engine::crypto::FIXED_PK_SEED)
+            .unwrap(),
+        Poly::zero(&ctx, Representation::Ntt).to_bytes(),
+    ] {
+        let bytes = frame_query(&pk, &postcard::to_allocvec(&parts).unwrap());
+        let reply = m
+            .evaluate(
+                &m.decode_query(&bytes, d, &blindkd_engine::crypto::FIXED_PK_SEED)
+                    .unwrap(),
+                &prepared,
+            )
+            .unwrap();
+        let pb = DEGREE * 60 / 8;
+        let q0 = &par
+            .context_at_level(par.max_level())
+            .unwrap()
+            .moduli_operators()[0];
+        let c1_out = q0.deserialize_vec(&reply[4 + pb..4 + 2 * pb]);
+        let t = 1i64 << 40;
+        let q0v = moduli[0] as i64;
+        let hits = c1_out
+            .iter()
+            .zip(&b.cols[0])
+            .filter(|&(&c, &y)| {
+                let v = c as i64;
+                let centred = if v > q0v / 2 { v - q0v } else { v };
+                let y = if y > (t as u64) / 2 {
+                    y as i64 - t
+                } else {
+                    y as i64
+                };
+                centred == y
+            })
+            .count();
+        assert!(
+            hits < 4,
+            "the client read {hits}/{DEGREE} masked values: re-randomisation is missing"
+        );
+    }
 }

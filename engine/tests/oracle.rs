@@ -88,6 +88,7 @@ fn all_access(f: &Fixture) -> Access {
         max_radius: f64::INFINITY,
         max_blocks: u32::MAX,
         max_results: u32::MAX,
+        pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
     }
 }
 
@@ -511,7 +512,9 @@ fn scope_a_never_touches_class_b_on_the_wire() {
             BatchPolicy::default(),
         )
         .unwrap();
-        let req = client.start_request().unwrap();
+        let req = client
+            .start_request(&blindkd_engine::crypto::FIXED_PK_SEED)
+            .unwrap();
         let started = f
             .index
             .clone()
@@ -588,7 +591,12 @@ fn scope_a_never_touches_class_b_on_the_wire() {
         BatchPolicy::default(),
     )
     .unwrap();
-    let req: StartRequest = postcard::from_bytes(&client.start_request().unwrap()).unwrap();
+    let req: StartRequest = postcard::from_bytes(
+        &client
+            .start_request(&blindkd_engine::crypto::FIXED_PK_SEED)
+            .unwrap(),
+    )
+    .unwrap();
     let named_b = postcard::to_allocvec(&StartRequest {
         classes: vec!["b".into()],
         ..req

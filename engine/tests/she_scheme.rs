@@ -78,8 +78,14 @@ fn distances(xs: &[Vec<i64>], q: &[i64], weights: &[u32]) -> Vec<u128> {
     let prepared = srv.prepare(&block, dim).unwrap();
     let query = srv
         .decode_query(
-            &frame_query(&doctor.session_public(&session).unwrap(), &sealed),
+            &frame_query(
+                &doctor
+                    .session_public(&session, &blindkd_engine::crypto::FIXED_PK_SEED)
+                    .unwrap(),
+                &sealed,
+            ),
             dim,
+            &blindkd_engine::crypto::FIXED_PK_SEED,
         )
         .unwrap();
     let reply = srv.evaluate(&query, &prepared).unwrap();
@@ -304,7 +310,13 @@ fn small_parameters_round_trip() {
     let block = scheme.seal_block(&key, &rows).unwrap();
     let plan = QueryPlan::new(&q, &w);
     let sealed = scheme.seal_query(&(), &plan.w).unwrap();
-    let query = scheme.decode_query(&frame_query(&[], &sealed), 2).unwrap();
+    let query = scheme
+        .decode_query(
+            &frame_query(&[], &sealed),
+            2,
+            &blindkd_engine::crypto::FIXED_PK_SEED,
+        )
+        .unwrap();
     let reply = scheme
         .evaluate(&query, &scheme.prepare(&block, 2).unwrap())
         .unwrap();
@@ -327,7 +339,9 @@ fn sealed_fixture(dim: usize) -> (SheBlock, Vec<u8>, Vec<u8>, QueryPlan) {
     let plan = QueryPlan::new(&vec![3; dim], &w);
     let sealed = scheme.seal_query(&(), &plan.w).unwrap();
     let framed = frame_query(&[], &sealed);
-    let q = server().decode_query(&framed, dim).unwrap();
+    let q = server()
+        .decode_query(&framed, dim, &blindkd_engine::crypto::FIXED_PK_SEED)
+        .unwrap();
     let reply = server()
         .evaluate(&q, &server().prepare(&block, dim).unwrap())
         .unwrap();
@@ -369,15 +383,25 @@ fn malformed_queries_are_rejected() {
     let (_, framed, ..) = sealed_fixture(3);
     // Every truncation, without panicking.
     for len in 0..framed.len() {
-        let e = srv.decode_query(&framed[..len], 3).err().unwrap();
+        let e = srv
+            .decode_query(&framed[..len], 3, &blindkd_engine::crypto::FIXED_PK_SEED)
+            .err()
+            .unwrap();
         assert!(is_malformed(&e), "len {len}: {e}");
     }
     // Trailing garbage.
     let mut long = framed.clone();
     long.push(0);
-    assert!(is_malformed(&srv.decode_query(&long, 3).err().unwrap()));
+    assert!(is_malformed(
+        &srv.decode_query(&long, 3, &blindkd_engine::crypto::FIXED_PK_SEED)
+            .err()
+            .unwrap()
+    ));
     // Wrong dimension: the count is checked before the length.
-    let e = srv.decode_query(&framed, 4).err().unwrap();
+    let e = srv
+        .decode_query(&framed, 4, &blindkd_engine::crypto::FIXED_PK_SEED)
+        .err()
+        .unwrap();
     assert!(
         is_malformed(&e) && e.to_string().contains("expected 5"),
         "{e}"
@@ -385,24 +409,38 @@ fn malformed_queries_are_rejected() {
     // Bad magic.
     let mut bad = framed.clone();
     bad[8] ^= 1;
-    assert!(is_malformed(&srv.decode_query(&bad, 3).err().unwrap()));
+    assert!(is_malformed(
+        &srv.decode_query(&bad, 3, &blindkd_engine::crypto::FIXED_PK_SEED)
+            .err()
+            .unwrap()
+    ));
     // A session public key, which paper-she does not have.
     let (_, sealed) = blindkd_engine::crypto::unframe_query(&framed).unwrap();
     let e = srv
-        .decode_query(&frame_query(b"pk", sealed), 3)
+        .decode_query(
+            &frame_query(b"pk", sealed),
+            3,
+            &blindkd_engine::crypto::FIXED_PK_SEED,
+        )
         .err()
         .unwrap();
     assert!(is_malformed(&e), "{e}");
     // A huge claimed count must not allocate.
     let mut huge = frame_query(&[], b"SHEq\x01");
     huge.extend_from_slice(&u32::MAX.to_le_bytes());
-    assert!(is_malformed(&srv.decode_query(&huge, 3).err().unwrap()));
+    assert!(is_malformed(
+        &srv.decode_query(&huge, 3, &blindkd_engine::crypto::FIXED_PK_SEED)
+            .err()
+            .unwrap()
+    ));
     // Random garbage.
     let mut r = rng(9);
     for len in [0usize, 7, 8, 100, 1037] {
         let mut g = vec![0u8; len];
         rand::RngCore::fill_bytes(&mut r, &mut g);
-        assert!(srv.decode_query(&g, 3).is_err());
+        assert!(srv
+            .decode_query(&g, 3, &blindkd_engine::crypto::FIXED_PK_SEED)
+            .is_err());
     }
 }
 

@@ -42,7 +42,11 @@ fn per_record_costs() {
         let plan = QueryPlan::new(&vec![5; dim], &w);
         let sealed = scheme.seal_query(&(), &plan.w).unwrap();
         let q = scheme
-            .decode_query(&frame_query(&[], &sealed), dim)
+            .decode_query(
+                &frame_query(&[], &sealed),
+                dim,
+                &blindkd_engine::crypto::FIXED_PK_SEED,
+            )
             .unwrap();
         let reps = 3;
         let t = Instant::now();

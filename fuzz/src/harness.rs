@@ -333,6 +333,7 @@ pub fn access() -> Access {
         max_radius: 1e6,
         max_blocks: u32::MAX,
         max_results: u32::MAX,
+        pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
     }
 }
 
@@ -458,7 +459,7 @@ pub fn mlhe_query(data: &[u8]) {
         return;
     };
     let dim = 1 + usize::from(d % 4);
-    let _ = mlhe().decode_query(rest, dim);
+    let _ = mlhe().decode_query(rest, dim, &blindkd_engine::crypto::FIXED_PK_SEED);
 }
 
 /// A fuzz entry point.

@@ -117,6 +117,8 @@ pub struct Opened {
     pub claims: Claims,
     /// Budget units left.
     pub budget_left: u64,
+    /// The session's public-key seed.
+    pub pk_seed: [u8; 32],
 }
 
 /// A refused session request. `cti` is set only when the token's signature verified, so the audit
@@ -321,6 +323,9 @@ impl Auth {
             .map_err(|e| refused(store_error(e)))?;
         let mut sid = [0u8; 16];
         rand::rng().fill_bytes(&mut sid);
+        // The session public key's `a` comes from this seed, never from the client.
+        let mut pk_seed = [0u8; 32];
+        rand::rng().fill_bytes(&mut pk_seed);
         let scope = &claims.scope;
         let pass = Pass {
             session: sid,
@@ -333,6 +338,7 @@ impl Auth {
                 max_radius: scope.max_radius,
                 max_blocks: scope.max_blocks,
                 max_results: scope.max_results,
+                pk_seed,
             },
             cti: claims.cti,
             exp: claims.exp,
@@ -367,6 +373,7 @@ impl Auth {
             session: hex::encode(sid),
             claims,
             budget_left: budget.saturating_sub(used),
+            pk_seed,
         })
     }
 
@@ -489,6 +496,7 @@ pub struct StoreMeter {
 
 impl Meter for StoreMeter {
     fn charge(&mut self, units: u64) -> blindkd_engine::Result<()> {
+        // LEAKAGE: [budget-use] units each token spends, when, and how much is left.
         match self.store.charge(&self.cti, self.exp, self.budget, units) {
             Ok(left) => {
                 self.left = Some(left);

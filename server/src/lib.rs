@@ -220,6 +220,11 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
     routes::router(state)
 }
 
+/// The admin router: `/metrics` and `/healthz`, for a private listener.
+pub fn admin_app(state: Arc<AppState>) -> axum::Router {
+    routes::admin_router(state)
+}
+
 /// Serves the public API until `shutdown` resolves; returns once in-flight requests have drained
 /// (at most 30 s).
 ///
@@ -244,7 +249,7 @@ pub async fn serve_admin(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let router = routes::admin_router(state.clone());
+    let router = admin_app(state.clone());
     serve_loop(listener, router, state, "admin", shutdown).await
 }
 

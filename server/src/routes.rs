@@ -176,6 +176,16 @@ async fn read_body(
     }
 }
 
+/// Admits a request of `pass`'s token (per-token in-flight cap); a refusal is back-pressure.
+fn admit<'a>(s: &'a AppState, pass: &Pass) -> Result<crate::auth::TokenRequest<'a>, ApiError> {
+    s.auth
+        .admit_request(pass, s.limits.max_in_flight_per_token)
+        .map_err(|e| {
+            Metrics::add(&s.metrics.overloaded, 1);
+            err(s, e)
+        })
+}
+
 fn err(s: &AppState, e: ApiError) -> ApiError {
     Metrics::add(&s.metrics.errors, 1);
     e
@@ -216,6 +226,8 @@ struct SessionReply {
     budget: u32,
     /// Units left now.
     budget_left: u64,
+    /// Seed of the session public key's `a` (hex): the client must build its key on it.
+    pk_seed: String,
 }
 
 async fn open_session(State(s): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
@@ -262,6 +274,7 @@ async fn open_session(State(s): State<Arc<AppState>>, req: Request) -> Result<Re
                 max_results: c.scope.max_results,
                 budget: c.scope.budget,
                 budget_left: opened.budget_left,
+                pk_seed: hex::encode(opened.pk_seed),
             })
             .into_response())
         }
@@ -368,10 +381,7 @@ async fn start_query(
     let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
     // Per-token in-flight cap before the (up to 16 MiB) body is read: one token cannot hold many
     // large bodies or every evaluation slot.
-    let _turn = s
-        .auth
-        .admit_request(&pass, s.limits.max_in_flight_per_token)
-        .map_err(|e| err(&s, e))?;
+    let _turn = admit(&s, &pass)?;
     let body = read_body(&s, req, s.limits.max_query_body, OCTET)
         .await
         .map_err(|e| err(&s, e))?;
@@ -452,10 +462,7 @@ async fn blocks(
 ) -> Result<Response, ApiError> {
     let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
     let q = s.queries.get(&pass, &qid).map_err(|e| err(&s, e))?;
-    let _turn = s
-        .auth
-        .admit_request(&pass, s.limits.max_in_flight_per_token)
-        .map_err(|e| err(&s, e))?;
+    let _turn = admit(&s, &pass)?;
     let body = read_body(&s, req, s.limits.max_small_body, OCTET)
         .await
         .map_err(|e| err(&s, e))?;
@@ -526,10 +533,7 @@ async fn payloads(
     req: Request,
 ) -> Result<Response, ApiError> {
     let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
-    let _turn = s
-        .auth
-        .admit_request(&pass, s.limits.max_in_flight_per_token)
-        .map_err(|e| err(&s, e))?;
+    let _turn = admit(&s, &pass)?;
     let body = read_body(&s, req, s.limits.max_small_body, OCTET)
         .await
         .map_err(|e| err(&s, e))?;
@@ -556,10 +560,7 @@ async fn payload(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let pass = authorize(&s, &headers, &id).map_err(|e| err(&s, e))?;
-    let _turn = s
-        .auth
-        .admit_request(&pass, s.limits.max_in_flight_per_token)
-        .map_err(|e| err(&s, e))?;
+    let _turn = admit(&s, &pass)?;
     let rid = u64::from_str_radix(&rid, 16).map_err(|_| {
         err(
             &s,

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::response::IntoResponse;
-use blindkd_engine::protocol::QueryKind;
+use blindkd_engine::protocol::{BlockRef, BlockReply, BlockRequest, QueryKind};
 use blindkd_engine::token::DeviceKey;
 use blindkd_server::error::CODES;
-use blindkd_server::{app, ApiError, AppState, ServerLimits};
+use blindkd_server::{admin_app, app, ApiError, AppState, ServerLimits};
 use blindkd_tests::{entry, metric_value, plain, start_request, Fixture};
 use tower::ServiceExt;
 
@@ -22,7 +22,11 @@ struct Reply {
 }
 
 async fn send(state: &Arc<AppState>, req: Request<Body>) -> Reply {
-    let resp = app(state.clone()).oneshot(req).await.unwrap();
+    send_to(app(state.clone()), req).await
+}
+
+async fn send_to(router: axum::Router, req: Request<Body>) -> Reply {
+    let resp = router.oneshot(req).await.unwrap();
     let (parts, body) = resp.into_parts();
     Reply {
         status: parts.status,
@@ -115,7 +119,7 @@ async fn session(state: &Arc<AppState>, fx: &Fixture) -> String {
 }
 
 async fn metrics_text(state: &Arc<AppState>) -> String {
-    let r = send(state, get("/metrics")).await;
+    let r = send_to(admin_app(state.clone()), get("/metrics")).await;
     assert_eq!(r.status, StatusCode::OK);
     let ct = r.headers[header::CONTENT_TYPE]
         .to_str()
@@ -126,13 +130,16 @@ async fn metrics_text(state: &Arc<AppState>) -> String {
 }
 
 #[tokio::test]
-async fn healthz_reports_ok_and_the_index_count() {
+async fn healthz_reports_ok_and_nothing_else() {
     let s = state(ServerLimits::default());
     let r = send(&s, get("/healthz")).await;
     assert_eq!(r.status, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(v["status"], "ok");
-    assert_eq!(v["indexes"], 1);
+    assert_eq!(v, serde_json::json!({ "status": "ok" }));
+    // Metrics are on the admin router only.
+    assert_error(&send(&s, get("/metrics")).await, "not_found");
+    let r = send_to(admin_app(s.clone()), get("/healthz")).await;
+    assert_eq!(r.status, StatusCode::OK);
     assert!(
         r.headers.contains_key("x-request-id"),
         "request id propagated"
@@ -156,6 +163,9 @@ async fn metrics_are_prometheus_text_and_counters_move() {
         "sessions_live",
         "queries_live",
         "evaluations_in_flight",
+        "connections_open",
+        "connections_refused_total",
+        "connections_evicted_total",
     ] {
         let full = format!("blindkd_{name}");
         assert!(text.contains(&format!("# HELP {full} ")), "{full} HELP");
@@ -170,7 +180,8 @@ async fn metrics_are_prometheus_text_and_counters_move() {
     }
 
     // A refused session moves sessions_refused and errors.
-    let r = send(&s, session_request("BKD1:garbage", &[0; 32], &[1; 64])).await;
+    let n = nonce(&s).await;
+    let r = send(&s, session_request("BKD1:garbage", &n, &[1; 64])).await;
     assert_error(&r, "malformed_token");
     // An opened session moves sessions_opened and sessions_live.
     let fx = plain();
@@ -226,7 +237,7 @@ async fn unknown_routes_and_methods_are_json_errors() {
     for (m, uri) in [
         (Method::POST, "/healthz"),
         (Method::GET, "/v1/sessions"),
-        (Method::DELETE, "/metrics"),
+        (Method::DELETE, "/v1/nonces"),
     ] {
         let r = send(&s, req(m.clone(), uri).body(Body::empty()).unwrap()).await;
         assert_error(&r, "method_not_allowed");
@@ -317,7 +328,8 @@ async fn oversized_bodies_are_refused_declared_or_streamed() {
             .unwrap(),
     )
     .await;
-    assert_error(&r, "malformed_token");
+    // The nonce is checked first (a MAC, cheaper than decoding a token).
+    assert_error(&r, "unknown_nonce");
     // The query endpoint has its own (larger) limit.
     let fx = plain();
     let sid = session(&s, fx).await;
@@ -371,8 +383,9 @@ async fn missing_or_garbage_bearer_is_refused() {
             (Method::DELETE, format!("{url}/{}", "00".repeat(16))),
             (
                 Method::GET,
-                format!("/v1/indexes/{}/records/{}/payload", fx.index_id, "0"),
+                format!("{url}/{}/records/{}/payload", "00".repeat(16), "0"),
             ),
+            (Method::POST, format!("{url}/{}/payloads", "00".repeat(16))),
         ] {
             let mut b = req(m, &uri).header(header::CONTENT_TYPE, "application/octet-stream");
             if let Some(a) = &auth {
@@ -446,6 +459,32 @@ async fn bad_ids_in_paths_have_clear_codes() {
     let sid = session(&s, fx).await;
     let bearer = format!("Bearer {sid}");
     let other_index = "00".repeat(16);
+    // A live query, for the query-scoped payload routes.
+    let bundle = fx.full_bundle();
+    let q = fx.query_points(1, 5).remove(0);
+    let r = send(
+        &s,
+        req(
+            Method::POST,
+            &format!("/v1/indexes/{}/queries", fx.index_id),
+        )
+        .header(header::AUTHORIZATION, &bearer)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from(start_request(
+            entry(&bundle),
+            QueryKind::Knn { k: 3 },
+            &q,
+            vec![],
+        )))
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let live = format!(
+        "/v1/indexes/{}/queries/{}",
+        fx.index_id,
+        r.headers["bkd-query-id"].to_str().unwrap()
+    );
     let cases: Vec<(Method, String, &str)> = vec![
         (
             Method::POST,
@@ -497,27 +536,32 @@ async fn bad_ids_in_paths_have_clear_codes() {
         ),
         (
             Method::GET,
-            format!("/v1/indexes/{}/records/zz/payload", fx.index_id),
-            "unknown_record",
+            format!("{live}/records/zz/payload"),
+            "unreachable_record",
+        ),
+        (
+            Method::GET,
+            format!("{live}/records/{}/payload", "f".repeat(17)),
+            "unreachable_record",
+        ),
+        (
+            Method::GET,
+            format!("{live}/records/-1/payload"),
+            "unreachable_record",
+        ),
+        (
+            Method::GET,
+            format!("{live}/records/%ff%fe/payload"),
+            "bad_request",
         ),
         (
             Method::GET,
             format!(
-                "/v1/indexes/{}/records/{}/payload",
+                "/v1/indexes/{}/queries/{}/records/00/payload",
                 fx.index_id,
-                "f".repeat(17)
+                "ab".repeat(16)
             ),
-            "unknown_record",
-        ),
-        (
-            Method::GET,
-            format!("/v1/indexes/{}/records/-1/payload", fx.index_id),
-            "unknown_record",
-        ),
-        (
-            Method::GET,
-            format!("/v1/indexes/{}/records/%ff%fe/payload", fx.index_id),
-            "bad_request",
+            "unknown_query",
         ),
         (
             Method::POST,
@@ -531,13 +575,10 @@ async fn bad_ids_in_paths_have_clear_codes() {
         ),
         (
             Method::GET,
-            format!(
-                "/v1/indexes/{}/records/{}/payload",
-                fx.index_id,
-                "0".repeat(16)
-            ),
-            "unknown_record",
+            format!("{live}/records/{}/payload", "0".repeat(16)),
+            "unreachable_record",
         ),
+        (Method::POST, format!("{live}/payloads"), "malformed_body"),
     ];
     for (m, uri, code) in cases {
         let r = send(
@@ -551,21 +592,37 @@ async fn bad_ids_in_paths_have_clear_codes() {
         .await;
         assert_error(&r, code);
     }
-    // A real record id of an allowed class is served (the refusals above are not blanket ones).
-    let id = fx.record_ids[0];
+    // A record of a block the query evaluated is served (the refusals above are not blanket).
+    let blocks = postcard::to_allocvec(&BlockRequest {
+        blocks: vec![BlockRef {
+            class_idx: 0,
+            leaf: 0,
+        }],
+    })
+    .unwrap();
     let r = send(
         &s,
-        req(
-            Method::GET,
-            &format!("/v1/indexes/{}/records/{id:016x}/payload", fx.index_id),
-        )
-        .header(header::AUTHORIZATION, &bearer)
-        .body(Body::empty())
-        .unwrap(),
+        req(Method::POST, &format!("{live}/blocks"))
+            .header(header::AUTHORIZATION, &bearer)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Body::from(blocks))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let reply: BlockReply = postcard::from_bytes(&r.body).unwrap();
+    let id = reply.blocks[0].record_ids[0];
+    let r = send(
+        &s,
+        req(Method::GET, &format!("{live}/records/{id:016x}/payload"))
+            .header(header::AUTHORIZATION, &bearer)
+            .body(Body::empty())
+            .unwrap(),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(!r.body.is_empty());
+    assert!(r.headers.contains_key("bkd-budget-left"));
 }
 
 #[tokio::test]

@@ -601,5 +601,6 @@ pub fn start_request(
         blindkd_engine::protocol::BatchPolicy::default(),
     )
     .unwrap();
-    c.start_request().unwrap()
+    c.start_request(&blindkd_engine::crypto::FIXED_PK_SEED)
+        .unwrap()
 }

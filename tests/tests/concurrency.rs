@@ -80,10 +80,13 @@ async fn thirty_two_concurrent_clients_get_exact_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_gate_answers_429_overloaded_not_failures() {
     let fx = mlhe();
+    // One token sends the whole burst: lift its own caps so the global gate is what answers.
     let limits = ServerLimits {
         max_concurrent: 1,
         max_waiting: 1,
         queue_wait: Duration::ZERO,
+        max_in_flight_per_token: 64,
+        max_live_queries_per_token: 64,
         ..ServerLimits::default()
     };
     let server = TestServer::hosting(&[fx], limits).await;
@@ -170,31 +173,37 @@ async fn a_busy_query_still_belongs_to_its_session_only() {
     let q = fx.query_points(1, 6).remove(0);
     let h = http();
     let base = format!("{}/v1/indexes/{}/queries", server.base, fx.index_id);
-    let resp = h
-        .post(&base)
-        .bearer_auth(&owner.session)
-        .header("content-type", "application/octet-stream")
-        .body(start_request(
-            entry(&bundle),
-            QueryKind::Knn { k: 1 },
-            &q,
-            vec![],
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let qid = resp.headers()["bkd-query-id"].to_str().unwrap().to_string();
-    // Every class's first two leaves: a request that keeps the query busy for a while.
+    // Every class's first leaf: a request that keeps the query busy for a while. Each round
+    // starts a new query, since a query evaluates each leaf at most once.
     let req = BlockRequest {
         blocks: (0..3)
-            .flat_map(|c| (0..2).map(move |leaf| BlockRef { class_idx: c, leaf }))
+            .map(|c| BlockRef {
+                class_idx: c,
+                leaf: 0,
+            })
             .collect(),
     };
     let body = postcard::to_allocvec(&req).unwrap();
-    let url = format!("{base}/{qid}/blocks");
+    let start = || {
+        let (h, base, sid) = (h.clone(), base.clone(), owner.session.clone());
+        let start = start_request(entry(&bundle), QueryKind::Knn { k: 1 }, &q, vec![]);
+        async move {
+            let resp = h
+                .post(&base)
+                .bearer_auth(sid)
+                .header("content-type", "application/octet-stream")
+                .body(start)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let qid = resp.headers()["bkd-query-id"].to_str().unwrap().to_string();
+            format!("{base}/{qid}/blocks")
+        }
+    };
     let mut intruder_tries = 0;
     for _round in 0..4 {
+        let url = start().await;
         let busy = {
             let (h, url, body, sid) = (h.clone(), url.clone(), body.clone(), owner.session.clone());
             tokio::spawn(async move {
@@ -242,8 +251,12 @@ async fn a_busy_query_still_belongs_to_its_session_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_pressure_does_not_spend_the_budget() {
-    const BUDGET: u32 = 3;
+    // The budget counts units of work: a k = 1 start costs its pivot blocks (one per class here),
+    // so a budget of three starts is three times that.
     let fx = mlhe();
+    let per_start: u32 = fx.index.class_names().len().try_into().unwrap();
+    const STARTS: u32 = 3;
+    let budget = STARTS * per_start;
     let limits = ServerLimits {
         max_concurrent: 1,
         max_waiting: 0,
@@ -252,7 +265,7 @@ async fn back_pressure_does_not_spend_the_budget() {
     };
     let server = TestServer::hosting(&[fx], limits).await;
     let device = DeviceKey::random();
-    let t = fx.token_with(&device, |c| c.scope.budget = BUDGET);
+    let t = fx.token_with(&device, |c| c.scope.budget = budget);
     let s = server.client().open_session(&t, &device).await.unwrap();
     let bundle = fx.full_bundle();
     let q = fx.query_points(1, 5).remove(0);
@@ -297,8 +310,8 @@ async fn back_pressure_does_not_spend_the_budget() {
             "{codes:?}"
         );
     }
-    assert!(served <= BUDGET, "{codes:?}");
-    // One at a time now (no contention): the token has exactly BUDGET − served queries left.
+    assert!(served <= STARTS, "{codes:?}");
+    // One at a time now (no contention): the token has exactly STARTS − served starts left.
     let mut more = 0;
     loop {
         match send(h.clone(), s.session.clone()).await.as_str() {
@@ -306,11 +319,11 @@ async fn back_pressure_does_not_spend_the_budget() {
             "budget_exhausted" => break,
             other => panic!("unexpected {other}"),
         }
-        assert!(more <= BUDGET, "the budget is not enforced");
+        assert!(more <= STARTS, "the budget is not enforced");
     }
     assert_eq!(
         served + more,
-        BUDGET,
+        STARTS,
         "refused-for-load requests spent the budget: first burst {codes:?}"
     );
 }

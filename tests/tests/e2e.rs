@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use blindkd_client::{Client, QueryOutcome, Session};
-use blindkd_engine::protocol::{BlockRef, BlockRequest, Limits, QueryKind, StartRequest};
+use blindkd_engine::protocol::{
+    BlockRef, BlockRequest, Limits, PayloadRequest, QueryKind, StartRequest,
+};
 use blindkd_engine::token::{self, DeviceKey, IssuerKey};
 use blindkd_server::ServerLimits;
 use blindkd_tests::{
@@ -280,23 +282,26 @@ async fn proof_of_possession_is_required_and_single_use() {
     assert_eq!(resp.status(), 200);
     let resp = post_session(&h, &server.base, &t, &nonce, &pop).await;
     assert_eq!(error_reply(resp).await.1, "replayed_nonce");
-    // A nonce the server never issued, correctly signed.
+    // A nonce the server never issued (its MAC does not verify), correctly signed.
     let made_up = [7u8; 32];
     let pop = hex::encode(device.sign_pop(&made_up, &t));
     let resp = post_session(&h, &server.base, &t, &hex::encode(made_up), &pop).await;
-    assert_eq!(error_reply(resp).await.1, "replayed_nonce");
+    assert_eq!(error_reply(resp).await.1, "unknown_nonce");
     // A nonce of the wrong size.
     let resp = post_session(&h, &server.base, &t, "abcd", &pop).await;
     assert_eq!(error_reply(resp).await.1, "unknown_nonce");
-    // A nonce spent on a refused attempt (bad proof) cannot be reused with a good proof.
+    // Nonces are stateless until used: a refused attempt (bad proof) does not record one, so the
+    // device can still use it; once it opened a session, it is spent.
     let nonce = fresh_nonce(&h, &server.base).await;
     let bad = hex::encode(thief.sign_pop(&hex::decode(&nonce).unwrap(), &t));
     let resp = post_session(&h, &server.base, &t, &nonce, &bad).await;
     assert_eq!(error_reply(resp).await.1, "bad_pop");
     let good = hex::encode(device.sign_pop(&hex::decode(&nonce).unwrap(), &t));
     let resp = post_session(&h, &server.base, &t, &nonce, &good).await;
+    assert_eq!(resp.status(), 200);
+    let resp = post_session(&h, &server.base, &t, &nonce, &good).await;
     assert_eq!(error_reply(resp).await.1, "replayed_nonce");
-    assert_eq!(server.metric("blindkd_sessions_opened_total").await, 1);
+    assert_eq!(server.metric("blindkd_sessions_opened_total").await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,7 +330,8 @@ async fn revoked_tokens_are_refused_after_the_list_changes() {
     let e = client.open_session(&victim, &device).await.unwrap_err();
     assert_eq!(code_of(&e), "revoked");
     client.open_session(&bystander, &device).await.unwrap();
-    // Un-revoking (a new list without the id) is picked up too.
+    // Revocations are permanent: a new list without the id (an edit, a lost file) does not
+    // un-revoke the token.
     let again = dir.path().join("revoked.new");
     std::fs::write(&again, "").unwrap();
     // Make the change visible even on a file system with coarse timestamps.
@@ -334,7 +340,12 @@ async fn revoked_tokens_are_refused_after_the_list_changes() {
     f.set_modified(old + Duration::from_secs(5)).unwrap();
     drop(f);
     std::fs::rename(&again, &list).unwrap();
-    client.open_session(&victim, &device).await.unwrap();
+    let e = client.open_session(&victim, &device).await.unwrap_err();
+    assert_eq!(code_of(&e), "revoked");
+    std::fs::remove_file(&list).unwrap();
+    let e = client.open_session(&victim, &device).await.unwrap_err();
+    assert_eq!(code_of(&e), "revoked");
+    client.open_session(&bystander, &device).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,12 +492,25 @@ async fn budget_and_session_limits() {
     };
     let server = TestServer::hosting(&[fx], limits).await;
     let q = fx.query_points(1, 4).remove(0);
-    let device = DeviceKey::random();
-    let t = fx.token_with(&device, |c| c.scope.budget = 2);
     let client = server.client();
+    // The budget counts units of work (blocks evaluated, payloads served): measure what this
+    // query costs on another token, then give the token room for exactly two of them.
+    let probe_dev = DeviceKey::random();
+    let probe = fx.token(&probe_dev);
+    let p = client.open_session(&probe, &probe_dev).await.unwrap();
+    query(&client, &p, fx, QueryKind::Knn { k: 2 }, &q, &[], false)
+        .await
+        .unwrap();
+    let after = client.open_session(&probe, &probe_dev).await.unwrap();
+    let cost = p.budget_left - after.budget_left;
+    assert!(cost >= 2, "a query costs its pivot and leaf blocks: {cost}");
+    let device = DeviceKey::random();
+    let budget = 2 * cost as u32;
+    let t = fx.token_with(&device, |c| c.scope.budget = budget);
     let s1 = client.open_session(&t, &device).await.unwrap();
     let s2 = client.open_session(&t, &device).await.unwrap();
-    assert_eq!(s1.budget, 2);
+    assert_eq!(s1.budget, budget);
+    assert_eq!(s1.budget_left, u64::from(budget));
     let e = client.open_session(&t, &device).await.unwrap_err();
     assert_eq!(code_of(&e), "too_many_sessions");
     // The budget is per token, across its sessions.
@@ -665,24 +689,7 @@ async fn a_class_a_token_never_yields_class_b_records() {
             assert!(got.results.iter().all(|r| r.class == "cardiology"));
             fx.assert_matches(&got, &fx.truth(kind, &q, &["cardiology"]), "class A only");
         }
-        // Direct payload fetches of other classes' records look like unknown records.
         let h = http();
-        for class in ["oncology", "endocrinology"] {
-            for id in fx.ids_of_class(class).into_iter().take(5) {
-                let resp = h
-                    .get(format!(
-                        "{}/v1/indexes/{}/records/{id:016x}/payload",
-                        server.base, fx.index_id
-                    ))
-                    .bearer_auth(&s.session)
-                    .send()
-                    .await
-                    .unwrap();
-                let (status, code, message) = error_reply(resp).await;
-                assert_eq!((status, code.as_str()), (404, "unknown_record"));
-                assert_eq!(message, "no such record", "same answer as a missing id");
-            }
-        }
         // Raw block requests for another class's leaves inside a class-A query are refused.
         let b = fx.full_bundle();
         let base = format!("{}/v1/indexes/{}/queries", server.base, fx.index_id);
@@ -720,6 +727,25 @@ async fn a_class_a_token_never_yields_class_b_records() {
                 .unwrap();
             assert_eq!(error_reply(resp).await.1, "forbidden_class");
         }
+        // Payload fetches of other classes' records look like unknown records.
+        for class in ["oncology", "endocrinology"] {
+            for id in fx.ids_of_class(class).into_iter().take(5).chain([0xdead]) {
+                let resp = h
+                    .post(format!("{base}/{qid}/payloads"))
+                    .bearer_auth(&s.session)
+                    .header("content-type", "application/octet-stream")
+                    .body(postcard::to_allocvec(&PayloadRequest { records: vec![id] }).unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                let (status, code, message) = error_reply(resp).await;
+                assert_eq!((status, code.as_str()), (404, "unreachable_record"));
+                assert_eq!(
+                    message, "payloads are served only for records in blocks this query evaluated",
+                    "same answer as a missing id"
+                );
+            }
+        }
         // A session for one index cannot reach another hosted index.
         let both = TestServer::hosting(&[plain(), mlhe()], ServerLimits::default()).await;
         let (_, s) = open(&both, fx, |_| {}).await;
@@ -729,11 +755,20 @@ async fn a_class_a_token_never_yields_class_b_records() {
             plain()
         };
         let resp = h
-            .get(format!(
-                "{}/v1/indexes/{}/records/{:016x}/payload",
-                both.base, other.index_id, other.record_ids[0]
+            .post(format!(
+                "{}/v1/indexes/{}/queries/{}/payloads",
+                both.base,
+                other.index_id,
+                "ab".repeat(16)
             ))
             .bearer_auth(&s.session)
+            .header("content-type", "application/octet-stream")
+            .body(
+                postcard::to_allocvec(&PayloadRequest {
+                    records: vec![other.record_ids[0]],
+                })
+                .unwrap(),
+            )
             .send()
             .await
             .unwrap();
@@ -777,7 +812,7 @@ async fn audit_lines_hold_no_values_distances_or_payloads() {
         "session_refused",
         "query_started",
         "blocks",
-        "payload",
+        "payloads",
     ] {
         assert!(events.iter().any(|x| x == e), "no {e} line in {events:?}");
     }
@@ -862,7 +897,7 @@ async fn closed_sessions_free_their_slot() {
     let server = TestServer::hosting(&[fx], limits).await;
     let q = fx.query_points(1, 9).remove(0);
     let device = DeviceKey::random();
-    let t = fx.token_with(&device, |c| c.scope.budget = 100);
+    let t = fx.token_with(&device, |c| c.scope.budget = 10_000);
     let client = server.client();
     for _ in 0..6 {
         let s = client.open_session(&t, &device).await.unwrap();

@@ -535,6 +535,7 @@ fn leaf_requests_are_shuffled_within_a_round() {
         max_radius: 1e9,
         max_blocks: u32::MAX,
         max_results: u32::MAX,
+        pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
     };
     let orders: Vec<Vec<BlockRef>> = (0..4)
         .map(|_| {
@@ -550,7 +551,12 @@ fn leaf_requests_are_shuffled_within_a_round() {
             let started = fx
                 .index
                 .clone()
-                .start(&access, &c.start_request().unwrap(), &mut Unmetered)
+                .start(
+                    &access,
+                    &c.start_request(&blindkd_engine::crypto::FIXED_PK_SEED)
+                        .unwrap(),
+                    &mut Unmetered,
+                )
                 .unwrap();
             let Step::Blocks(req) = c.on_start(&started.reply).unwrap() else {
                 panic!("no leaf round")

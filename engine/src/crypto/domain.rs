@@ -22,5 +22,7 @@ pub const DEVICE_ED25519: &str = "blindkd 2026-11 device ed25519 key";
 pub const DEVICE_X25519: &str = "blindkd 2026-11 device x25519 key";
 /// Hash of an access token's text, bound into the proof-of-possession message.
 pub const TOKEN_HASH: &str = "blindkd 2026-11 access token hash";
+/// Expands the server's per-session seed into the `a` of an mlhe session public key.
+pub const SESSION_PK_A: &str = "blindkd 2026-11 mlhe session public key a";
 /// Checksum of a device key file.
 pub const DEVICE_KEY_FILE: &str = "blindkd 2026-11 device key file checksum";

@@ -27,7 +27,7 @@ use fhe_traits::DeserializeParametrized;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{Scheme, SchemeId};
+use super::{PkSeed, Scheme, SchemeId};
 use crate::{Error, Result};
 
 /// Ring degree N.
@@ -342,14 +342,14 @@ impl Scheme for Mlhe {
         Ok(MlhePrepared { polys, rows })
     }
 
-    fn decode_query(&self, bytes: &[u8], dim: usize) -> Result<MlheQuery> {
+    fn decode_query(&self, bytes: &[u8], dim: usize, pk_seed: &PkSeed) -> Result<MlheQuery> {
         if dim == 0 || dim > MAX_MLHE_DIM {
             return Err(Error::InvalidInput(format!(
                 "mlhe dimension {dim} outside 1..={MAX_MLHE_DIM}"
             )));
         }
         let (pk_bytes, q_bytes) = super::unframe_query(bytes)?;
-        let pk = self.decode_ct(pk_bytes, "session public key")?;
+        let pk = self.session_key(pk_bytes, pk_seed)?;
         let parts: Vec<Vec<u8>> =
             postcard::from_bytes(q_bytes).map_err(|e| Error::malformed("mlhe query", e))?;
         if parts.len() != dim + 1 {
@@ -367,7 +367,6 @@ impl Scheme for Mlhe {
                 .map(|p| self.decode_ct(p, "query ciphertext"))
                 .collect::<Result<Vec<_>>>()?
         };
-        let pk = [pk[0].clone(), pk[1].clone()];
         Ok(MlheQuery { pk, cts })
     }
 
@@ -388,7 +387,38 @@ impl Scheme for Mlhe {
     }
 }
 
+/// The `a` of a session public key, expanded from the server's seed: public, and never the client's
+/// choice, so re-randomisation always adds `a·u` with `a` uniform (DESIGN §3.4).
+fn session_a(ctx: &Arc<Context>, seed: &PkSeed) -> Poly {
+    let expanded = blake3::derive_key(super::domain::SESSION_PK_A, seed);
+    Poly::random_from_seed(ctx, Representation::Ntt, expanded)
+}
+
 impl Mlhe {
+    /// The session public key `(b, a)`: `b` as the client sent it (bounded, top level, NTT form,
+    /// constant-time arithmetic), `a` from the server's seed.
+    fn session_key(&self, b_bytes: &[u8], seed: &PkSeed) -> Result<[Poly; 2]> {
+        use fhe_traits::DeserializeWithContext;
+        if b_bytes.len() > MAX_CT_BYTES {
+            return Err(Error::LimitExceeded(format!(
+                "session public key is {} bytes",
+                b_bytes.len()
+            )));
+        }
+        let ctx = self.top_ctx()?;
+        let mut b = Poly::from_bytes(b_bytes, ctx)
+            .map_err(|e| Error::malformed("session public key", e))?;
+        if b.representation() != &Representation::Ntt {
+            return Err(Error::malformed(
+                "session public key",
+                "expected a polynomial in NTT form",
+            ));
+        }
+        // The sender may have marked it variable-time; the server multiplies it by secret `u`.
+        b.disallow_variable_time_computations();
+        Ok([b, session_a(ctx, seed)])
+    }
+
     /// Decodes one client ciphertext: bounded size, 2 polynomials, top level.
     fn decode_ct(&self, bytes: &[u8], what: &'static str) -> Result<Ciphertext> {
         if bytes.len() > MAX_CT_BYTES {
@@ -484,9 +514,35 @@ mod client {
         }
     }
 
-    /// A session's secrets: a fresh BFV secret key. Zeroized on drop (by fhe), never printed.
+    /// A session's secrets: a fresh BFV secret key, and its coefficients (to build the session
+    /// public key on the server's `a`). Zeroized on drop (the key by fhe, the coefficients here),
+    /// never printed.
     pub struct MlheSession {
         sk: SecretKey,
+        coeffs: Zeroizing<Vec<i64>>,
+    }
+
+    /// Variance of the centred binomial secret and error, as in fhe.rs's own keys.
+    const VARIANCE: usize = 10;
+
+    /// The protobuf fhe.rs reads a secret key from: field 1, packed zigzag varints.
+    fn secret_key_proto(coeffs: &[i64]) -> Zeroizing<Vec<u8>> {
+        fn varint(out: &mut Vec<u8>, mut v: u64) {
+            while v >= 0x80 {
+                out.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            out.push(v as u8);
+        }
+        let mut body = Zeroizing::new(Vec::with_capacity(coeffs.len() * 2));
+        for &c in coeffs {
+            varint(&mut body, ((c << 1) ^ (c >> 63)) as u64);
+        }
+        let mut out = Zeroizing::new(Vec::with_capacity(body.len() + 6));
+        out.push(0x0a);
+        varint(&mut out, body.len() as u64);
+        out.extend_from_slice(&body);
+        out
     }
 
     impl std::fmt::Debug for MlheSession {
@@ -529,20 +585,32 @@ mod client {
         }
 
         fn new_session(&self) -> Result<MlheSession> {
-            Ok(MlheSession {
-                sk: SecretKey::random(&self.par, &mut rand::rng()),
-            })
+            // The secret as fhe.rs samples it (`SecretKey::random`), kept so that the session
+            // public key can be built on the server's `a`.
+            let coeffs = Zeroizing::new(
+                fhe_util::sample_vec_cbd(DEGREE, VARIANCE, &mut rand::rng())
+                    .map_err(|e| Error::Crypto(e.to_string()))?,
+            );
+            let sk = SecretKey::from_bytes(&secret_key_proto(&coeffs), &self.par)
+                .map_err(|e| Error::Crypto(e.to_string()))?;
+            Ok(MlheSession { sk, coeffs })
         }
 
-        fn session_public(&self, s: &MlheSession) -> Result<Vec<u8>> {
-            // A public key is an encryption of zero under the secret key (fhe's `PublicKey::new`
-            // does the same but hides its polynomials).
-            let zero = Plaintext::zero(Encoding::poly(), &self.par)
-                .map_err(|e| Error::Crypto(e.to_string()))?;
-            let ct: Ciphertext =
-                s.sk.try_encrypt(&zero, &mut rand::rng())
-                    .map_err(|e: fhe::Error| Error::Crypto(e.to_string()))?;
-            Ok(ct.to_bytes())
+        fn session_public(&self, s: &MlheSession, pk_seed: &PkSeed) -> Result<Vec<u8>> {
+            use fhe_traits::Serialize as _;
+            // An encryption of zero with the server's `a`: b = −a·s + e. Only b is sent.
+            let ctx = self.top_ctx()?;
+            let cerr = |e: fhe_math::Error| Error::Crypto(e.to_string());
+            let a = session_a(ctx, pk_seed);
+            let mut sp = Zeroizing::new(
+                Poly::try_convert_from(&s.coeffs[..], ctx, false, Representation::PowerBasis)
+                    .map_err(cerr)?,
+            );
+            sp.change_representation(Representation::Ntt);
+            let mut b =
+                Poly::small(ctx, Representation::Ntt, VARIANCE, &mut rand::rng()).map_err(cerr)?;
+            b -= &(&a * sp.as_ref());
+            Ok(b.to_bytes())
         }
 
         fn seal_query(&self, s: &MlheSession, w: &[i64]) -> Result<Vec<u8>> {
@@ -661,10 +729,12 @@ mod tests {
         let s = m.new_session().unwrap();
         let plan = QueryPlan::new(q, &weights);
         let bytes = frame_query(
-            &m.session_public(&s).unwrap(),
+            &m.session_public(&s, &crate::crypto::FIXED_PK_SEED).unwrap(),
             &m.seal_query(&s, &plan.w).unwrap(),
         );
-        let query = m.decode_query(&bytes, d).unwrap();
+        let query = m
+            .decode_query(&bytes, d, &crate::crypto::FIXED_PK_SEED)
+            .unwrap();
         let reply = m.evaluate(&query, &prepared).unwrap();
         let refs: Vec<RowRef> = sealed.iter().map(|(r, _)| *r).collect();
         m.open(&key, &s, &reply, &plan, &refs).unwrap()
@@ -715,11 +785,15 @@ mod tests {
         let s = m.new_session().unwrap();
         let plan = QueryPlan::new(&[0, 0, 0], &weights);
         let bytes = frame_query(
-            &m.session_public(&s).unwrap(),
+            &m.session_public(&s, &crate::crypto::FIXED_PK_SEED).unwrap(),
             &m.seal_query(&s, &plan.w).unwrap(),
         );
         let reply = m
-            .evaluate(&m.decode_query(&bytes, 3).unwrap(), &prepared)
+            .evaluate(
+                &m.decode_query(&bytes, 3, &crate::crypto::FIXED_PK_SEED)
+                    .unwrap(),
+                &prepared,
+            )
             .unwrap();
         let refs: Vec<_> = sealed.iter().map(|(r, _)| *r).collect();
         assert!(m.open(&other, &s, &reply, &plan, &refs).is_err());
@@ -734,21 +808,28 @@ mod tests {
         let m = Mlhe::new().unwrap();
         let s = m.new_session().unwrap();
         let plan = QueryPlan::new(&[1, 2], &[1, 1]);
-        let pk = m.session_public(&s).unwrap();
+        let pk = m.session_public(&s, &crate::crypto::FIXED_PK_SEED).unwrap();
         let q = m.seal_query(&s, &plan.w).unwrap();
         let good = frame_query(&pk, &q);
-        assert!(m.decode_query(&good, 2).is_ok());
-        assert!(m.decode_query(&good, 3).is_err(), "wrong dimension");
+        assert!(m
+            .decode_query(&good, 2, &crate::crypto::FIXED_PK_SEED)
+            .is_ok());
+        assert!(
+            m.decode_query(&good, 3, &crate::crypto::FIXED_PK_SEED)
+                .is_err(),
+            "wrong dimension"
+        );
         for cut in [0, 7, 8, 100, good.len() / 2, good.len() - 1] {
             assert!(
-                m.decode_query(&good[..cut], 2).is_err(),
+                m.decode_query(&good[..cut], 2, &crate::crypto::FIXED_PK_SEED)
+                    .is_err(),
                 "truncated at {cut}"
             );
         }
         let mut flipped = good.clone();
         flipped[20] ^= 0xff;
-        let _ = m.decode_query(&flipped, 2); // must not panic
-                                             // A block with ragged or out-of-range columns.
+        let _ = m.decode_query(&flipped, 2, &crate::crypto::FIXED_PK_SEED); // must not panic
+                                                                            // A block with ragged or out-of-range columns.
         assert!(m
             .prepare(
                 &MlheBlock {
@@ -819,10 +900,25 @@ mod tests {
             })
             .collect();
 
-        let recovered = |m: &Mlhe| -> usize {
+        // The session key the malicious client sends: an honest `b`, or `b = 0` (old attack:
+        // pk = (0, 0)), or `b` made for an `a` of its own choosing (here a' = 0, so b = e).
+        #[derive(Clone, Copy, Debug)]
+        enum Pk {
+            Honest,
+            Zero,
+            PlantedA,
+        }
+        let recovered_with = |m: &Mlhe, which: Pk| -> usize {
             let prepared = m.prepare(&block, d).unwrap();
             let s = m.new_session().unwrap();
-            let pk = m.session_public(&s).unwrap();
+            let ctx = m.top_ctx().unwrap().clone();
+            let pk = match which {
+                Pk::Honest => m.session_public(&s, &crate::crypto::FIXED_PK_SEED).unwrap(),
+                Pk::Zero => Poly::zero(&ctx, Representation::Ntt).to_bytes(),
+                Pk::PlantedA => Poly::small(&ctx, Representation::Ntt, 10, &mut rand::rng())
+                    .unwrap()
+                    .to_bytes(),
+            };
             let ctx = m.top_ctx().unwrap().clone();
             let moduli = m.par.moduli();
             let c = (moduli[1] as u128 * moduli[2] as u128) as i128;
@@ -846,7 +942,11 @@ mod tests {
             let parts: Vec<Vec<u8>> = cts.iter().map(|c| c.to_bytes()).collect();
             let bytes = frame_query(&pk, &postcard::to_allocvec(&parts).unwrap());
             let reply = m
-                .evaluate(&m.decode_query(&bytes, d).unwrap(), &prepared)
+                .evaluate(
+                    &m.decode_query(&bytes, d, &crate::crypto::FIXED_PK_SEED)
+                        .unwrap(),
+                    &prepared,
+                )
                 .unwrap();
             let (_, c1_out, _) = m.parse_reply(&reply).unwrap();
             let q0 = moduli[0] as i64;
@@ -862,9 +962,19 @@ mod tests {
         };
         let mut broken = honest.clone();
         broken.finish = Finish::NoRerandomise;
-        assert_eq!(recovered(&broken), DEGREE, "the attack itself must work");
-        let full = recovered(&honest);
-        assert!(full < 4, "re-randomised output leaked {full} masked values");
+        assert_eq!(
+            recovered_with(&broken, Pk::Honest),
+            DEGREE,
+            "the attack itself must work"
+        );
+        // The client cannot switch re-randomisation off through its key: `a` is the server's.
+        for which in [Pk::Honest, Pk::Zero, Pk::PlantedA] {
+            let got = recovered_with(&honest, which);
+            assert!(
+                got < 4,
+                "{which:?}: re-randomised output leaked {got} masked values"
+            );
+        }
     }
 
     /// Honest flooding must dominate the client-known noise `e·Y`; with flooding off, the output

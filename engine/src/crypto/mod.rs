@@ -87,8 +87,10 @@ pub trait Scheme: Send + Sync + 'static {
     fn block_rows(&self, block: &Self::Block) -> usize;
     /// Validates a stored block against the index dimension and prepares it for evaluation.
     fn prepare(&self, block: &Self::Block, dim: usize) -> Result<Self::Prepared>;
-    /// Decodes (and bounds) a client's query bytes for an index of dimension `dim`.
-    fn decode_query(&self, bytes: &[u8], dim: usize) -> Result<Self::Query>;
+    /// Decodes (and bounds) a client's query bytes for an index of dimension `dim`. `pk_seed` is
+    /// the server's seed for this session: mlhe rebuilds the session public key's `a` from it, so
+    /// the client cannot choose `a` (and so cannot switch re-randomisation off).
+    fn decode_query(&self, bytes: &[u8], dim: usize, pk_seed: &PkSeed) -> Result<Self::Query>;
     /// Evaluates `⟨a_j, w⟩` for every row of `block` and returns the reply bytes for the client.
     fn evaluate(&self, query: &Self::Query, block: &Self::Prepared) -> Result<Vec<u8>>;
 }
@@ -107,8 +109,9 @@ pub trait ClientScheme: Scheme {
     fn seal_block(&self, key: &Self::Key, rows: &[(RowRef, Vec<i64>)]) -> Result<Self::Block>;
     /// Starts a session with fresh secrets.
     fn new_session(&self) -> Result<Self::Session>;
-    /// Public session material the server needs (mlhe: the session public key), as bytes.
-    fn session_public(&self, session: &Self::Session) -> Result<Vec<u8>>;
+    /// Public session material the server needs (mlhe: the `b` of the session public key, whose
+    /// `a` the server derives from `pk_seed`), as bytes.
+    fn session_public(&self, session: &Self::Session, pk_seed: &PkSeed) -> Result<Vec<u8>>;
     /// Seals the query functional `w` (length `dim + 1`).
     fn seal_query(&self, session: &Self::Session, w: &[i64]) -> Result<Vec<u8>>;
     /// Opens a reply for the given rows (in block order) into exact squared distances
@@ -122,6 +125,14 @@ pub trait ClientScheme: Scheme {
         rows: &[RowRef],
     ) -> Result<Vec<u128>>;
 }
+
+/// The server's per-session seed for the session public key's `a` (DESIGN §3.4): chosen by the
+/// server, sent to the client with the session, never chosen by the client.
+pub type PkSeed = [u8; 32];
+
+/// A fixed seed for in-process runs (tests, benchmarks, `run_in_process` callers), where no server
+/// chooses one. The query server never uses it: it draws a fresh seed per session.
+pub const FIXED_PK_SEED: PkSeed = [0x5e; 32];
 
 /// Server-side: the session public material plus the sealed query, decoded together.
 /// For schemes whose server evaluation needs the session public key (mlhe), `decode_query` receives

@@ -62,7 +62,7 @@ impl Scheme for Plain {
         Ok(block.clone())
     }
 
-    fn decode_query(&self, bytes: &[u8], dim: usize) -> Result<Vec<i64>> {
+    fn decode_query(&self, bytes: &[u8], dim: usize, _: &super::PkSeed) -> Result<Vec<i64>> {
         let (_, q) = super::unframe_query(bytes)?;
         let w: Vec<i64> =
             postcard::from_bytes(q).map_err(|e| Error::malformed("plain query", e))?;
@@ -116,7 +116,7 @@ impl super::ClientScheme for Plain {
         Ok(())
     }
 
-    fn session_public(&self, _: &()) -> Result<Vec<u8>> {
+    fn session_public(&self, _: &(), _: &super::PkSeed) -> Result<Vec<u8>> {
         Ok(Vec::new())
     }
 

@@ -482,7 +482,12 @@ impl Scheme for PaperShe {
         Ok(ShePrepared { rows })
     }
 
-    fn decode_query(&self, bytes: &[u8], dim: usize) -> Result<SheQuery> {
+    fn decode_query(
+        &self,
+        bytes: &[u8],
+        dim: usize,
+        _: &crate::crypto::PkSeed,
+    ) -> Result<SheQuery> {
         check_dim(dim)?;
         let (session_public, sealed) = super::unframe_query(bytes)?;
         if !session_public.is_empty() {
@@ -598,7 +603,7 @@ impl super::ClientScheme for PaperShe {
         Ok(())
     }
 
-    fn session_public(&self, _: &()) -> Result<Vec<u8>> {
+    fn session_public(&self, _: &(), _: &crate::crypto::PkSeed) -> Result<Vec<u8>> {
         Ok(Vec::new())
     }
 
