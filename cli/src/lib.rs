@@ -887,9 +887,11 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
         .entry(&id)
         .ok_or_else(|| anyhow::anyhow!("the key bundle has no keys for index {}", claims.aud))?;
     let rt = runtime()?;
+    let mut budget_left = 0;
     let out = rt.block_on(async {
         let client = blindkd_client::Client::new(&a.server)?;
         let session = client.open_session(&text, &device).await?;
+        budget_left = session.budget_left;
         let out = client
             .query(
                 &session,
@@ -905,9 +907,12 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
         out
     })?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&json_outcome(&out))?);
+        let mut v = json_outcome(&out);
+        v["budget_left_before"] = budget_left.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_outcome(&out);
+        println!("token budget: {budget_left} units were left before this query");
     }
     Ok(())
 }

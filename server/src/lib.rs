@@ -270,6 +270,8 @@ async fn serve_loop(
         state.conns.clone()
     };
     let header_timeout = state.limits.request_timeout;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, listener = name, "listening");
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -538,8 +540,10 @@ fn parse_admin(s: &str) -> Result<AdminListen, String> {
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: redirected logs stay plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if json {
         b.json().try_init()
