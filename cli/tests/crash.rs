@@ -5,26 +5,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn blindkd(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blindkd"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = blindkd(dir, args);
-    assert!(
-        out.status.success(),
-        "blindkd {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::ok;
 
 /// Temp files of the index writer for `cardio.bkd` (`.cardio.bkd.tmp<pid>`).
 fn temp_files(dir: &Path) -> Vec<String> {

@@ -6,26 +6,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn blindkd(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blindkd"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = blindkd(dir, args);
-    assert!(
-        out.status.success(),
-        "blindkd {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::ok;
 
 fn dataset() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/heart-cleveland.data")
@@ -79,7 +64,10 @@ fn serve(dir: &Path) -> (Child, String) {
 
 /// Drops a leading `[…m` colour sequence.
 fn strip_sgr(s: &str) -> &str {
-    match s.strip_prefix('[').and_then(|r| r.find('m').map(|i| &r[i + 1..])) {
+    match s
+        .strip_prefix('[')
+        .and_then(|r| r.find('m').map(|i| &r[i + 1..]))
+    {
         Some(rest) => rest,
         None => s,
     }
@@ -89,8 +77,20 @@ const VECTOR: &str = "63,1,1,145,233,1,2,150,0,2.3,3,0,6";
 
 fn query_args(base: &str) -> Vec<String> {
     [
-        "query", "--server", base, "--token", "token.png", "--device", "doctor.device", "--bundle",
-        "doctor.bundle", "--knn", "3", "--vector", VECTOR, "--json",
+        "query",
+        "--server",
+        base,
+        "--token",
+        "token.png",
+        "--device",
+        "doctor.device",
+        "--bundle",
+        "doctor.bundle",
+        "--knn",
+        "3",
+        "--vector",
+        VECTOR,
+        "--json",
     ]
     .map(str::to_string)
     .to_vec()
@@ -187,7 +187,11 @@ fn a_killed_server_keeps_every_acknowledged_charge() {
     server.wait().unwrap();
     let (mut server, base) = serve(dir);
     let l4 = query(dir, &base);
-    assert_eq!(l4, l3 - cost, "a restart lost or reset acknowledged charges");
+    assert_eq!(
+        l4,
+        l3 - cost,
+        "a restart lost or reset acknowledged charges"
+    );
 
     // SIGKILL while a query runs: its charges may or may not be durable, the earlier ones are.
     let args = query_args(&base);

@@ -343,17 +343,19 @@ pub struct BuildOptions<'a> {
     pub index_id: Option<IndexId>,
 }
 
-/// Smallest padded payload plaintext, in bytes.
-pub const PAYLOAD_MIN_BUCKET: usize = 256;
+/// Payloads up to this size (bytes of JSON) all get one length per index.
+pub const PAYLOAD_UNIFORM_MAX: usize = 1024;
 /// Past this size, payloads are padded to a multiple of it instead of a power of two.
 pub const PAYLOAD_LINEAR_BUCKET: usize = 64 << 10;
 
-/// The padded length of a payload plaintext of `len` bytes: the next power of two from 256 bytes
-/// up to 64 KiB, then the next multiple of 64 KiB. Sealed lengths then fall into a few buckets,
-/// so the server cannot read a diagnosis off a length (it learns at most the bucket).
-pub fn payload_bucket(len: usize) -> usize {
-    if len <= PAYLOAD_MIN_BUCKET {
-        PAYLOAD_MIN_BUCKET
+/// The padded length of a payload plaintext of `len` bytes in an index whose payloads of at most
+/// [`PAYLOAD_UNIFORM_MAX`] bytes are at most `uniform` long: those all become `uniform` long, so
+/// their sealed lengths are equal; longer ones go to the next power of two up to 64 KiB, then to
+/// the next multiple of 64 KiB. The server learns the index's common length and, for long
+/// payloads only, their bucket (five diagnosis labels used to give five lengths).
+pub fn payload_bucket(len: usize, uniform: usize) -> usize {
+    if len <= uniform {
+        uniform
     } else if len <= PAYLOAD_LINEAR_BUCKET {
         len.next_power_of_two()
     } else {
@@ -361,11 +363,19 @@ pub fn payload_bucket(len: usize) -> usize {
     }
 }
 
+fn payload_body(rec: &OwnerRecord) -> Result<Vec<u8>> {
+    serde_json::to_vec(&OpenedPayload {
+        record: rec.id.clone(),
+        fields: rec.payload.clone(),
+    })
+    .map_err(|e| Error::malformed("payload", e))
+}
+
 /// Pads a JSON payload with spaces to its bucket. JSON ignores trailing white space, so payloads
 /// sealed before padding existed open the same way.
-fn pad_payload(body: &mut Vec<u8>) {
-    // LEAKAGE: [payload-bucket] the size bucket of each sealed payload (256 B … 64 KiB, then 64 KiB steps).
-    body.resize(payload_bucket(body.len()), b' ');
+fn pad_payload(body: &mut Vec<u8>, uniform: usize) {
+    // LEAKAGE: [payload-bucket] the common length of an index's payloads up to 1 KiB; the size bucket of longer ones.
+    body.resize(payload_bucket(body.len(), uniform), b' ');
 }
 
 /// AAD binding a payload to its index, class and record id.
@@ -466,6 +476,13 @@ pub fn build_index<S: ClientScheme>(
         })
         .collect();
 
+    // Every payload up to 1 KiB is padded to the longest of them in this index, so their sealed
+    // lengths are all equal; longer ones go to power-of-two buckets.
+    let uniform = records
+        .par_iter()
+        .map(|r| payload_body(r).map(|b| b.len()))
+        .try_reduce(|| 0, |a, b| Ok(a.max(b)))?
+        .min(PAYLOAD_UNIFORM_MAX);
     let done = AtomicU64::new(0);
     let mut classes = Vec::with_capacity(by_class.len());
     for (class, members) in &by_class {
@@ -526,12 +543,8 @@ pub fn build_index<S: ClientScheme>(
                     ));
                     let rid = opaque[rec_idx];
                     ids.push(rid);
-                    let mut body = serde_json::to_vec(&OpenedPayload {
-                        record: rec.id.clone(),
-                        fields: rec.payload.clone(),
-                    })
-                    .map_err(|e| Error::malformed("payload", e))?;
-                    pad_payload(&mut body);
+                    let mut body = payload_body(rec)?;
+                    pad_payload(&mut body, uniform);
                     payloads.push(aead::seal(
                         &payload_key,
                         &payload_aad(&index_id, class, rid),
@@ -589,17 +602,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payload_buckets_are_powers_of_two_then_multiples_of_64k() {
-        assert_eq!(payload_bucket(0), 256);
-        assert_eq!(payload_bucket(256), 256);
-        assert_eq!(payload_bucket(257), 512);
-        assert_eq!(payload_bucket(40_000), 65_536);
-        assert_eq!(payload_bucket(65_536), 65_536);
-        assert_eq!(payload_bucket(65_537), 131_072);
-        assert_eq!(payload_bucket(200_000), 262_144);
+    fn payload_buckets_are_uniform_then_powers_of_two_then_multiples_of_64k() {
+        let u = 300;
+        assert_eq!(payload_bucket(0, u), 300);
+        assert_eq!(payload_bucket(300, u), 300);
+        assert_eq!(payload_bucket(301, u), 512);
+        assert_eq!(payload_bucket(40_000, u), 65_536);
+        assert_eq!(payload_bucket(65_536, u), 65_536);
+        assert_eq!(payload_bucket(65_537, u), 131_072);
+        assert_eq!(payload_bucket(200_000, u), 262_144);
         let mut b = br#"{"record":"7","fields":{}}"#.to_vec();
-        pad_payload(&mut b);
-        assert_eq!(b.len(), 256);
+        pad_payload(&mut b, 64);
+        assert_eq!(b.len(), 64);
         let v: OpenedPayload = serde_json::from_slice(&b).expect("padded JSON parses");
         assert_eq!(v.record, "7");
     }

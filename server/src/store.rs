@@ -357,6 +357,30 @@ mod tests {
         assert_eq!(s.secret("nonce").unwrap(), key);
     }
 
+    /// What one durable charge costs (an fsynced redb commit). A measurement, not a check:
+    /// `cargo test --release -p blindkd-server --lib measure_charge -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement; prints timings"]
+    fn measure_charge_latency() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("state.redb")).unwrap();
+        let mut t: Vec<f64> = (0..200)
+            .map(|i| {
+                let start = std::time::Instant::now();
+                s.charge(&[1u8; 16], i64::MAX / 2, u64::MAX, 1).unwrap();
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        println!(
+            "redb charge: p50 {:.3} ms, p95 {:.3} ms, max {:.3} ms over {}",
+            t[t.len() / 2],
+            t[t.len() * 95 / 100],
+            t[t.len() - 1],
+            t.len()
+        );
+    }
+
     #[cfg(unix)]
     #[test]
     fn the_state_file_is_private() {

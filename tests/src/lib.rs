@@ -363,18 +363,24 @@ pub fn entry(b: &Bundle) -> &BundleEntry {
     &b.entries[0]
 }
 
-/// Server state hosting `fixtures`, trusting their issuers.
-pub fn state(
-    fixtures: &[&Fixture],
-    limits: ServerLimits,
-    revoked: Option<PathBuf>,
-) -> Arc<AppState> {
+/// The fixtures' indexes by id, and their issuers pinned.
+fn hosted(fixtures: &[&Fixture]) -> (HashMap<IndexId, Arc<dyn HostedIndex>>, Issuers) {
     let mut indexes: HashMap<IndexId, Arc<dyn HostedIndex>> = HashMap::new();
     let mut issuers = Issuers::new();
     for f in fixtures {
         indexes.insert(f.id(), f.index.clone());
         issuers.insert(f.issuer_name(), f.issuer_key.public());
     }
+    (indexes, issuers)
+}
+
+/// Server state hosting `fixtures`, trusting their issuers (token state in memory).
+pub fn state(
+    fixtures: &[&Fixture],
+    limits: ServerLimits,
+    revoked: Option<PathBuf>,
+) -> Arc<AppState> {
+    let (indexes, issuers) = hosted(fixtures);
     AppState::from_indexes(indexes, issuers, revoked, None, limits).unwrap()
 }
 
@@ -384,12 +390,7 @@ pub fn state_with_store(
     limits: ServerLimits,
     store: Arc<dyn blindkd_server::store::TokenStore>,
 ) -> Arc<AppState> {
-    let mut indexes: HashMap<IndexId, Arc<dyn HostedIndex>> = HashMap::new();
-    let mut issuers = Issuers::new();
-    for f in fixtures {
-        indexes.insert(f.id(), f.index.clone());
-        issuers.insert(f.issuer_name(), f.issuer_key.public());
-    }
+    let (indexes, issuers) = hosted(fixtures);
     AppState::with_store(indexes, issuers, None, None, limits, store).unwrap()
 }
 
@@ -550,6 +551,18 @@ pub async fn raw_session(
         .unwrap_or_default();
     let resp = post_session(http, base, token_text, &nonce, &pop).await;
     (resp, nonce)
+}
+
+/// `GET {base}{path}` as JSON.
+pub async fn get_json(base: &str, path: &str) -> serde_json::Value {
+    http()
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// A nonce from `POST /v1/nonces`.

@@ -50,18 +50,17 @@ async fn raw_start(
     Ok((qid, postcard::from_bytes(&bytes).unwrap()))
 }
 
-/// Posts a block request; `Ok(reply)` or `Err((status, code))`.
-async fn raw_blocks(
+/// Posts a binary body to a live query's sub-route; `Ok(decoded reply)` or `Err((status, code))`.
+async fn post_query<T: serde::de::DeserializeOwned>(
     server: &TestServer,
     fx: &Fixture,
     sid: &str,
-    qid: &str,
-    blocks: Vec<BlockRef>,
-) -> Result<BlockReply, (u16, String)> {
-    let body = postcard::to_allocvec(&BlockRequest { blocks }).unwrap();
+    route: &str,
+    body: Vec<u8>,
+) -> Result<T, (u16, String)> {
     let resp = http()
         .post(format!(
-            "{}/v1/indexes/{}/queries/{qid}/blocks",
+            "{}/v1/indexes/{}/queries/{route}",
             server.base, fx.index_id
         ))
         .bearer_auth(sid)
@@ -77,6 +76,18 @@ async fn raw_blocks(
     Ok(postcard::from_bytes(&resp.bytes().await.unwrap()).unwrap())
 }
 
+/// Posts a block request.
+async fn raw_blocks(
+    server: &TestServer,
+    fx: &Fixture,
+    sid: &str,
+    qid: &str,
+    blocks: Vec<BlockRef>,
+) -> Result<BlockReply, (u16, String)> {
+    let body = postcard::to_allocvec(&BlockRequest { blocks }).unwrap();
+    post_query(server, fx, sid, &format!("{qid}/blocks"), body).await
+}
+
 /// Fetches payloads through the live query `qid` (one batch request).
 async fn raw_payloads(
     server: &TestServer,
@@ -86,22 +97,7 @@ async fn raw_payloads(
     records: Vec<u64>,
 ) -> Result<PayloadReply, (u16, String)> {
     let body = postcard::to_allocvec(&PayloadRequest { records }).unwrap();
-    let resp = http()
-        .post(format!(
-            "{}/v1/indexes/{}/queries/{qid}/payloads",
-            server.base, fx.index_id
-        ))
-        .bearer_auth(sid)
-        .header("content-type", OCTET)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    if resp.status() != 200 {
-        let (st, code, _) = error_reply(resp).await;
-        return Err((st, code));
-    }
-    Ok(postcard::from_bytes(&resp.bytes().await.unwrap()).unwrap())
+    post_query(server, fx, sid, &format!("{qid}/payloads"), body).await
 }
 
 /// A token for `device` that lets one query evaluate at most `max_blocks` leaves.
@@ -478,14 +474,7 @@ async fn the_public_listener_has_no_metrics_and_a_bare_health_check() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404, "metrics on the public listener");
-    let v: serde_json::Value = http()
-        .get(format!("{}/healthz", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = blindkd_tests::get_json(&server.base, "/healthz").await;
     assert_eq!(v, serde_json::json!({ "status": "ok" }));
     // The admin listener has them.
     assert!(server.metric("blindkd_sessions_opened_total").await == 0);
