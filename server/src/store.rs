@@ -365,7 +365,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = RedbStore::open(&dir.path().join("state.redb")).unwrap();
         let mut t: Vec<f64> = (0..200)
-            .map(|i| {
+            .map(|_| {
                 let start = std::time::Instant::now();
                 s.charge(&[1u8; 16], i64::MAX / 2, u64::MAX, 1).unwrap();
                 start.elapsed().as_secs_f64() * 1e3

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 /// Runs `blindkd ARGS` in `dir`.
-pub fn blindkd(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn blindkd(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_blindkd"))
         .current_dir(dir)
         .args(args)
@@ -15,7 +15,7 @@ pub fn blindkd(dir: &Path, args: &[&str]) -> Output {
 }
 
 /// Runs `blindkd ARGS` in `dir`, asserts success and returns its standard output.
-pub fn ok(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn ok(dir: &Path, args: &[&str]) -> String {
     let out = blindkd(dir, args);
     assert!(
         out.status.success(),
