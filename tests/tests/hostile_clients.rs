@@ -23,16 +23,17 @@ async fn session(server: &TestServer, token: &str, device: &DeviceKey) -> String
     v["session"].as_str().unwrap().to_string()
 }
 
-/// Posts a round-1 request; `Ok((query id, reply))` or `Err((status, code))`.
-async fn raw_start(
+/// Posts a binary body to `/v1/indexes/{index}/queries{suffix}`: the reply, or `(status, code)`.
+async fn post_bin(
     server: &TestServer,
     fx: &Fixture,
     sid: &str,
+    suffix: &str,
     body: Vec<u8>,
-) -> Result<(String, StartReply), (u16, String)> {
+) -> Result<reqwest::Response, (u16, String)> {
     let resp = http()
         .post(format!(
-            "{}/v1/indexes/{}/queries",
+            "{}/v1/indexes/{}/queries{suffix}",
             server.base, fx.index_id
         ))
         .bearer_auth(sid)
@@ -45,6 +46,17 @@ async fn raw_start(
         let (st, code, _) = error_reply(resp).await;
         return Err((st, code));
     }
+    Ok(resp)
+}
+
+/// Posts a round-1 request; `Ok((query id, reply))` or `Err((status, code))`.
+async fn raw_start(
+    server: &TestServer,
+    fx: &Fixture,
+    sid: &str,
+    body: Vec<u8>,
+) -> Result<(String, StartReply), (u16, String)> {
+    let resp = post_bin(server, fx, sid, "", body).await?;
     let qid = resp.headers()["bkd-query-id"].to_str().unwrap().to_string();
     let bytes = resp.bytes().await.unwrap();
     Ok((qid, postcard::from_bytes(&bytes).unwrap()))
@@ -58,21 +70,7 @@ async fn post_query<T: serde::de::DeserializeOwned>(
     route: &str,
     body: Vec<u8>,
 ) -> Result<T, (u16, String)> {
-    let resp = http()
-        .post(format!(
-            "{}/v1/indexes/{}/queries/{route}",
-            server.base, fx.index_id
-        ))
-        .bearer_auth(sid)
-        .header("content-type", OCTET)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    if resp.status() != 200 {
-        let (st, code, _) = error_reply(resp).await;
-        return Err((st, code));
-    }
+    let resp = post_bin(server, fx, sid, &format!("/{route}"), body).await?;
     Ok(postcard::from_bytes(&resp.bytes().await.unwrap()).unwrap())
 }
 
