@@ -161,7 +161,7 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
         max_k: 50,
         max_radius: 5.0,
         budget: 500,
-        max_blocks: 16,
+        max_blocks: 32,
         max_results: 100,
         ttl: "8h".into(),
         device: pub_path(&device_path),

@@ -248,7 +248,8 @@ pub struct TokenIssueArgs {
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub budget: u32,
     /// Most leaf blocks one query may evaluate (each leaf opens the distances of its records).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    /// At 10^6 records a kNN query (k = 10) needs up to 18 leaves of 8192.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_blocks: u32,
     /// Most payloads one range query may fetch (a kNN query may fetch at most k).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]

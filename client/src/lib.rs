@@ -241,7 +241,11 @@ impl Client {
     ) -> Result<QueryOutcome> {
         let t = Instant::now();
         let q = entry.schema.encode(vector)?;
-        let mut client = new_query_client(entry, kind, &q, classes, BatchPolicy::default())?;
+        let batch = BatchPolicy {
+            max_blocks: session.max_blocks,
+            ..BatchPolicy::default()
+        };
+        let mut client = new_query_client(entry, kind, &q, classes, batch)?;
         let seed: [u8; 32] = hex::decode(&session.pk_seed)
             .ok()
             .and_then(|v| v.try_into().ok())

@@ -688,6 +688,9 @@ mod client {
         pub knn_first: u32,
         /// Most leaves per request (the server's limit).
         pub max_per_request: u32,
+        /// Most leaves the whole query may evaluate (the token's `max_blocks`): the client never
+        /// asks for more, so batch doubling cannot push an answerable kNN query over its bound.
+        pub max_blocks: u32,
     }
 
     impl Default for BatchPolicy {
@@ -698,6 +701,7 @@ mod client {
             BatchPolicy {
                 knn_first: 4,
                 max_per_request: 64,
+                max_blocks: u32::MAX,
             }
         }
     }
@@ -830,6 +834,8 @@ mod client {
         class_names: HashMap<u32, String>,
         pending: Vec<Candidate>,
         next_batch: u32,
+        /// Leaves requested so far.
+        requested: u32,
         batch: BatchPolicy,
         best: BinaryHeap<(u128, u64, u32)>,
         hits: Vec<Hit>,
@@ -897,6 +903,7 @@ mod client {
                 class_names: HashMap::new(),
                 pending: Vec::new(),
                 next_batch: batch.knn_first.max(1),
+                requested: 0,
                 batch,
                 best: BinaryHeap::new(),
                 hits: Vec::new(),
@@ -940,7 +947,26 @@ mod client {
                 }
                 None => self.batch.max_per_request.max(1),
             } as usize;
-            let take = n.min(self.pending.len());
+            // Never ask for more leaves than the token allows. A range query needs every pending
+            // leaf, a kNN query at least one more: past the bound there is no exact answer.
+            let allowance = self.batch.max_blocks.saturating_sub(self.requested) as usize;
+            let needed = if self.k().is_some() {
+                1
+            } else {
+                self.pending.len()
+            };
+            if allowance < needed {
+                return Err(denied(
+                    "limit_blocks",
+                    format!(
+                        "this query needs more than the token's {} leaf blocks; ask the hospital \
+                         for a larger --max-blocks, or narrow the query",
+                        self.batch.max_blocks
+                    ),
+                ));
+            }
+            let take = n.min(self.pending.len()).min(allowance);
+            self.requested += take as u32;
             // `pending` is sorted by descending lower bound: the best candidates sit at the end.
             let start = self.pending.len() - take;
             let mut blocks: Vec<BlockRef> = self.pending[start..]

@@ -100,6 +100,7 @@ fn batch_policy_table() {
                         BatchPolicy {
                             knn_first: first,
                             max_per_request: 64,
+                            max_blocks: u32::MAX,
                         },
                     )
                     .unwrap();

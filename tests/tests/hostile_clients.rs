@@ -222,6 +222,58 @@ async fn a_k1_token_cannot_copy_its_class() {
     }
 }
 
+/// The bound must not refuse what it allows: a kNN query whose exact best-first search needs L
+/// leaves (one leaf per round) is answered exactly under a token with `max_blocks` = L, although
+/// the client's doubling batches (4, 8, …) would overshoot L; with one leaf (k = 20 > 16 records
+/// per leaf) it is refused with `limit_blocks`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_knn_query_that_fits_its_bound_is_answered() {
+    let fx = plain();
+    let server = TestServer::hosting(&[fx], ServerLimits::default()).await;
+    let client = server.client();
+    let b = fx.full_bundle();
+    let kind = QueryKind::Knn { k: 20 };
+    let mut checked = 0;
+    for q in fx.query_points(12, 31) {
+        let device = DeviceKey::random();
+        let needed = {
+            use blindkd_engine::protocol::{new_query_client, run_in_process, BatchPolicy, Limits};
+            let one_by_one = BatchPolicy {
+                knn_first: 1,
+                max_per_request: 1,
+                max_blocks: u32::MAX,
+            };
+            let qe = fx.schema.encode(&q).unwrap();
+            let mut c = new_query_client(entry(&b), kind, &qe, vec![], one_by_one).unwrap();
+            run_in_process(&fx.index, &open_access(), &Limits::default(), c.as_mut()).unwrap();
+            c.stats().leaf_blocks
+        };
+        if [4, 12, 28].contains(&needed) {
+            continue; // doubling batches land exactly on the bound: nothing to overshoot
+        }
+        checked += 1;
+        let s = client
+            .open_session(&bounded_token(fx, &device, needed), &device)
+            .await
+            .unwrap();
+        let got = client
+            .query(&s, entry(&b), kind, &q, vec![], true)
+            .await
+            .unwrap_or_else(|e| panic!("a query needing {needed} leaves, bound {needed}: {e}"));
+        fx.assert_matches(&got, &fx.truth(kind, &q, &[]), "at its bound");
+        let s = client
+            .open_session(&bounded_token(fx, &device, 1), &device)
+            .await
+            .unwrap();
+        let e = client
+            .query(&s, entry(&b), kind, &q, vec![], false)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("limit_blocks"), "{e}");
+    }
+    assert!(checked > 0, "no query needed more than one batch");
+}
+
 /// Finding C: a payload of a record outside the blocks the query evaluated is refused, and the
 /// session-wide payload route is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,24 +558,12 @@ async fn refusals_are_rate_limited_in_the_audit_log() {
 /// query asks for the same leaves in different orders.
 #[test]
 fn leaf_requests_are_shuffled_within_a_round() {
-    use blindkd_engine::protocol::{new_query_client, Access, BatchPolicy, Step, Unmetered};
+    use blindkd_engine::protocol::{new_query_client, BatchPolicy, Step, Unmetered};
     let fx = plain();
     let b = fx.full_bundle();
     let q = fx.query_points(1, 2).remove(0);
     let radius = fx.radius_for(&q, 250, &[]);
-    let access = Access {
-        classes: blindkd_tests::CLASSES
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        knn: true,
-        range: true,
-        max_k: 50,
-        max_radius: 1e9,
-        max_blocks: u32::MAX,
-        max_results: u32::MAX,
-        pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
-    };
+    let access = open_access();
     let orders: Vec<Vec<BlockRef>> = (0..4)
         .map(|_| {
             let qe = fx.schema.encode(&q).unwrap();
@@ -557,4 +597,21 @@ fn leaf_requests_are_shuffled_within_a_round() {
         orders.iter().any(|o| o != &orders[0]),
         "four runs asked for the leaves in the same order"
     );
+}
+
+/// An access scope allowing everything on the fixture (in-process runs).
+fn open_access() -> blindkd_engine::protocol::Access {
+    blindkd_engine::protocol::Access {
+        classes: blindkd_tests::CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        knn: true,
+        range: true,
+        max_k: 50,
+        max_radius: 1e9,
+        max_blocks: u32::MAX,
+        max_results: u32::MAX,
+        pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
+    }
 }
