@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 mod conn;
 pub mod error;
+pub mod limit;
 pub mod metrics;
 mod routes;
 pub mod store;
@@ -140,6 +141,7 @@ pub struct AppState {
     pub(crate) waiting: std::sync::atomic::AtomicUsize,
     pub(crate) queries: auth::Queries,
     pub(crate) conns: Arc<conn::Conns>,
+    pub(crate) refusals: limit::RefusalLimiter,
 }
 
 impl AppState {
@@ -202,6 +204,7 @@ impl AppState {
                 limits.max_connections,
                 limits.idle_timeout,
             )),
+            refusals: limit::RefusalLimiter::default(),
             limits,
             metrics: metrics::Metrics::default(),
             audit: audit::Audit::open(audit)?,
@@ -276,8 +279,8 @@ async fn serve_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _peer)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -299,8 +302,9 @@ async fn serve_loop(
                 let router = router.clone();
                 // Counts the connection's requests in flight: a busy connection is never idle.
                 let svc = TowerToHyperService::new(tower::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
                         let guard = per_conn.request();
+                        req.extensions_mut().insert(limit::Peer(peer.ip()));
                         let router = router.clone();
                         async move {
                             let r = tower::ServiceExt::oneshot(router, req).await;

@@ -231,6 +231,18 @@ struct SessionReply {
 }
 
 async fn open_session(State(s): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    // An address that keeps getting refused is slowed down before any work is done.
+    let peer = req.extensions().get::<crate::limit::Peer>().map(|p| p.0);
+    if !s.refusals.allows(peer) {
+        Metrics::add(&s.metrics.overloaded, 1);
+        return Err(err(
+            &s,
+            ApiError::new(
+                "overloaded",
+                "too many refused session requests from this address; retry in a few seconds",
+            ),
+        ));
+    }
     let body = read_body(&s, req, s.limits.max_small_body, "application/json")
         .await
         .map_err(|e| err(&s, e))?;
@@ -280,6 +292,7 @@ async fn open_session(State(s): State<Arc<AppState>>, req: Request) -> Result<Re
         }
         Err(refused) => {
             Metrics::add(&s.metrics.sessions_refused, 1);
+            s.refusals.refused(peer);
             // A token id is logged only once its signature verified: a forger cannot put a real
             // doctor's token id into the refusals. Refusals are rate-limited (unauthenticated).
             s.audit.record_refusal(

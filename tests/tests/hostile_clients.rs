@@ -615,3 +615,40 @@ fn open_access() -> blindkd_engine::protocol::Access {
         pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
     }
 }
+
+/// Item 3 (unauthenticated request rates): an address that keeps sending refused session
+/// requests (each costs the server a token decode and a signature check) is slowed down with 429
+/// `overloaded`, and a doctor's client, which retries `overloaded`, still gets in afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_session_requests_are_rate_limited_per_address() {
+    let fx = plain();
+    let server = TestServer::hosting(&[fx], ServerLimits::default()).await;
+    let h = http();
+    let device = DeviceKey::random();
+    let token = fx.token(&device);
+    let mut throttled = 0;
+    for _ in 0..400 {
+        let nonce = blindkd_tests::fresh_nonce(&h, &server.base).await;
+        // A proof by the wrong key: a signature check, then a refusal.
+        let pop = hex::encode(DeviceKey::random().sign_pop(&hex::decode(&nonce).unwrap(), &token));
+        let r = blindkd_tests::post_session(&h, &server.base, &token, &nonce, &pop).await;
+        let (st, code, _) = error_reply(r).await;
+        match (st, code.as_str()) {
+            (401, "bad_pop") => {}
+            (429, "overloaded") => throttled += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        throttled > 100,
+        "only {throttled} of 400 refused requests were throttled"
+    );
+    let s = tokio::time::timeout(
+        Duration::from_secs(60),
+        server.client().open_session(&token, &device),
+    )
+    .await
+    .expect("the doctor waited over 60 s")
+    .expect("the doctor was refused");
+    assert!(!s.session.is_empty());
+}
