@@ -98,6 +98,25 @@ async fn raw_payloads(
     post_query(server, fx, sid, &format!("{qid}/payloads"), body).await
 }
 
+/// A server, a session (whose token allows `max_blocks` leaves per query, or the fixture's
+/// default), and a live k = 1 query on `cardiology`: `(server, session, query id, round-1 reply)`.
+async fn cardiology_knn1(
+    fx: &'static Fixture,
+    max_blocks: Option<u32>,
+) -> (TestServer, String, String, StartReply) {
+    let server = TestServer::hosting(&[fx], ServerLimits::default()).await;
+    let device = DeviceKey::random();
+    let token = match max_blocks {
+        Some(m) => bounded_token(fx, &device, m),
+        None => fx.token(&device),
+    };
+    let sid = session(&server, &token, &device).await;
+    let (qid, reply) = raw_start(&server, fx, &sid, knn1(fx, vec!["cardiology".into()]))
+        .await
+        .unwrap();
+    (server, sid, qid, reply)
+}
+
 /// A token for `device` that lets one query evaluate at most `max_blocks` leaves.
 fn bounded_token(fx: &Fixture, device: &DeviceKey, max_blocks: u32) -> String {
     fx.token_with(device, |c| c.scope.max_blocks = max_blocks)
@@ -132,12 +151,7 @@ async fn a_repeated_class_is_evaluated_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_is_evaluated_at_most_once_per_query() {
     let fx = plain();
-    let server = TestServer::hosting(&[fx], ServerLimits::default()).await;
-    let device = DeviceKey::random();
-    let sid = session(&server, &fx.token(&device), &device).await;
-    let (qid, reply) = raw_start(&server, fx, &sid, knn1(fx, vec!["cardiology".into()]))
-        .await
-        .unwrap();
+    let (server, sid, qid, reply) = cardiology_knn1(fx, None).await;
     let leaf = BlockRef {
         class_idx: reply.classes[0].class_idx,
         leaf: 0,
@@ -162,12 +176,7 @@ async fn a_block_is_evaluated_at_most_once_per_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_k1_token_cannot_copy_its_class() {
     let fx = plain();
-    let server = TestServer::hosting(&[fx], ServerLimits::default()).await;
-    let device = DeviceKey::random();
-    let sid = session(&server, &bounded_token(fx, &device, 4), &device).await;
-    let (qid, reply) = raw_start(&server, fx, &sid, knn1(fx, vec!["cardiology".into()]))
-        .await
-        .unwrap();
+    let (server, sid, qid, reply) = cardiology_knn1(fx, Some(4)).await;
     let c = &reply.classes[0];
     let leaves = c.shape.leaves.len() as u32;
     assert!(leaves > 4, "the fixture class has {leaves} leaves");
@@ -279,12 +288,7 @@ async fn a_knn_query_that_fits_its_bound_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_only_for_records_the_query_evaluated() {
     let fx = plain();
-    let server = TestServer::hosting(&[fx], ServerLimits::default()).await;
-    let device = DeviceKey::random();
-    let sid = session(&server, &fx.token(&device), &device).await;
-    let (qid, reply) = raw_start(&server, fx, &sid, knn1(fx, vec!["cardiology".into()]))
-        .await
-        .unwrap();
+    let (server, sid, qid, reply) = cardiology_knn1(fx, None).await;
     let c = &reply.classes[0];
     let r = raw_blocks(
         &server,
