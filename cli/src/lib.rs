@@ -650,13 +650,15 @@ pub(crate) fn save_device_key(device: &DeviceKey, path: &Path) -> anyhow::Result
 pub fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
     let (num, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
     let n: u64 = num.parse().with_context(|| format!("bad duration `{s}`"))?;
-    let secs = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let unit_secs: u64 = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => bail!("bad duration unit in `{s}` (use s, m, h, d)"),
     };
+    // Checked: an overflowing product must be refused, not wrap to a short lifetime.
+    let secs = n.checked_mul(unit_secs).unwrap_or(u64::MAX);
     if secs == 0 || secs > 366 * 86400 {
         bail!("token lifetime must be between 1 s and 366 days");
     }
@@ -971,4 +973,21 @@ pub fn print_outcome(out: &blindkd_client::QueryOutcome) {
         s.server_micros as f64 / 1000.0,
         s.client_micros as f64 / 1000.0
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 17, finding X1: a lifetime whose seconds overflow must be refused, not wrap around
+    /// (`213503982334602d` became a 17-hour token).
+    #[test]
+    fn a_ttl_that_overflows_is_refused() {
+        for s in ["213503982334602d", "18446744073709551615h", "307445734561825861m"] {
+            let e = parse_ttl(s).expect_err(s).to_string();
+            assert!(e.contains("between 1 s and 366 days"), "{s}: {e}");
+        }
+        assert_eq!(parse_ttl("8h").ok(), Some(Duration::from_secs(8 * 3600)));
+        assert_eq!(parse_ttl("366d").ok(), Some(Duration::from_secs(366 * 86400)));
+    }
 }
