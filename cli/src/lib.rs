@@ -658,7 +658,7 @@ pub fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
         _ => bail!("bad duration unit in `{s}` (use s, m, h, d)"),
     };
     // Checked: an overflowing product must be refused, not wrap to a short lifetime.
-    let secs = n.checked_mul(unit_secs).unwrap_or(u64::MAX);
+    let secs = n.saturating_mul(unit_secs);
     if secs == 0 || secs > 366 * 86400 {
         bail!("token lifetime must be between 1 s and 366 days");
     }
@@ -983,11 +983,18 @@ mod tests {
     /// (`213503982334602d` became a 17-hour token).
     #[test]
     fn a_ttl_that_overflows_is_refused() {
-        for s in ["213503982334602d", "18446744073709551615h", "307445734561825861m"] {
+        for s in [
+            "213503982334602d",
+            "18446744073709551615h",
+            "307445734561825861m",
+        ] {
             let e = parse_ttl(s).expect_err(s).to_string();
             assert!(e.contains("between 1 s and 366 days"), "{s}: {e}");
         }
         assert_eq!(parse_ttl("8h").ok(), Some(Duration::from_secs(8 * 3600)));
-        assert_eq!(parse_ttl("366d").ok(), Some(Duration::from_secs(366 * 86400)));
+        assert_eq!(
+            parse_ttl("366d").ok(),
+            Some(Duration::from_secs(366 * 86400))
+        );
     }
 }

@@ -11,6 +11,7 @@ pub struct Audit {
     file: Option<Mutex<std::fs::File>>,
     lines: Mutex<Vec<String>>,
     refusals: Mutex<Bucket>,
+    write_errors: std::sync::atomic::AtomicU64,
 }
 
 /// A token bucket for refusal lines: anyone can cause a refusal, so refusals must not be able to
@@ -33,13 +34,16 @@ impl Audit {
     /// Opens the sink; `path` is appended to.
     pub fn open(path: Option<PathBuf>) -> anyhow::Result<Self> {
         let file = match path {
-            Some(p) => Some(Mutex::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&p)
-                    .map_err(|e| anyhow::anyhow!("cannot open audit log {}: {e}", p.display()))?,
-            )),
+            Some(p) => {
+                let mut o = std::fs::OpenOptions::new();
+                o.create(true).append(true);
+                // Private to the server from the moment it exists (an existing file keeps its mode).
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+                Some(Mutex::new(o.open(&p).map_err(|e| {
+                    anyhow::anyhow!("cannot open audit log {}: {e}", p.display())
+                })?))
+            }
             None => None,
         };
         Ok(Audit {
@@ -50,6 +54,7 @@ impl Audit {
                 last: std::time::Instant::now(),
                 suppressed: 0,
             }),
+            write_errors: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -92,8 +97,16 @@ impl Audit {
         let line = obj.to_string();
         tracing::info!(target: "audit", "{line}");
         if let Some(f) = &self.file {
-            if let Ok(mut f) = f.lock() {
-                let _ = writeln!(f, "{line}");
+            // A lost audit line is an alert, not a shrug: logged at error level and counted
+            // (`blindkd_audit_write_errors_total`).
+            let written = f
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned lock"))
+                .and_then(|mut f| writeln!(f, "{line}").and_then(|()| f.flush()));
+            if let Err(e) = written {
+                self.write_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(error = %e, "AUDIT LINE NOT WRITTEN to the audit file");
             }
         }
         if let Ok(mut l) = self.lines.lock() {
@@ -104,8 +117,45 @@ impl Audit {
         }
     }
 
+    /// Audit lines that could not be written to the file.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The lines kept in memory.
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Issue 17, finding A1: the audit file is private to the server.
+    #[cfg(unix)]
+    #[test]
+    fn the_audit_file_is_created_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        let a = Audit::open(Some(p.clone())).unwrap();
+        a.record("test", serde_json::json!({}));
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "audit log mode {mode:o}");
+        assert_eq!(a.write_errors(), 0);
+    }
+
+    /// Issue 17, finding A1: a write failure is counted, not ignored (`/dev/full` lost lines
+    /// silently).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_failed_audit_write_is_counted() {
+        let a = Audit::open(Some("/dev/full".into())).unwrap();
+        a.record("test", serde_json::json!({}));
+        a.record("test", serde_json::json!({}));
+        assert_eq!(a.write_errors(), 2);
+        assert_eq!(a.lines().len(), 2, "the lines are still kept in memory");
     }
 }

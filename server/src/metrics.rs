@@ -43,6 +43,7 @@ impl Metrics {
         queries: usize,
         in_flight: usize,
         connections: usize,
+        audit_write_errors: u64,
     ) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, v: u64| {
@@ -88,6 +89,11 @@ impl Metrics {
             g(&self.overloaded),
         );
         counter("errors_total", "Error responses.", g(&self.errors));
+        counter(
+            "audit_write_errors_total",
+            "Audit lines that could not be written to the audit file (alert on any).",
+            audit_write_errors,
+        );
         counter(
             "connections_refused_total",
             "Connections dropped at the cap (every admitted one busy).",

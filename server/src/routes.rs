@@ -124,6 +124,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
             s.queries.count(),
             in_flight,
             s.conns.count(),
+            s.audit.write_errors(),
         ),
     )
 }

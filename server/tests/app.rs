@@ -164,6 +164,7 @@ async fn metrics_are_prometheus_text_and_counters_move() {
         "queries_live",
         "evaluations_in_flight",
         "connections_open",
+        "audit_write_errors_total",
         "connections_refused_total",
         "connections_evicted_total",
     ] {
