@@ -289,3 +289,33 @@ fn debug_prints_no_secret() {
     }
     assert!(shown.contains(&hex::encode(device.public().ed25519)));
 }
+
+/// Issue 17, finding U1: terminal control characters in a name (a forged subject once hid the
+/// real "INVALID" line of `token show` behind a fake "VALID") are refused at issue time, and a
+/// token carrying one is malformed.
+#[test]
+fn names_with_control_characters_are_refused() {
+    let (_, good, _) = fixture();
+    for (field, bad) in [
+        ("sub", "doctor\u{1b}[2K\rVALID"),
+        ("iss", "st-marys\u{7}"),
+        ("class", "cardio\nlogy"),
+    ] {
+        let mut c = good.clone();
+        match field {
+            "sub" => c.sub = bad.into(),
+            "iss" => c.iss = bad.into(),
+            _ => c.scope.classes = vec![bad.into()],
+        }
+        let e = c.validate().expect_err(field);
+        assert_eq!(code(e), "malformed_token", "{field}");
+        assert!(
+            blindkd_engine::token::issue(&issuer_key(1), &c).is_err(),
+            "{field}: issued"
+        );
+    }
+    // Non-ASCII letters are names, not control characters.
+    let mut c = good.clone();
+    c.sub = "Dr. Müller-Łukasiewicz".into();
+    c.validate().unwrap();
+}

@@ -136,6 +136,10 @@ impl Claims {
             if value.is_empty() || value.len() > MAX_NAME_BYTES {
                 return bad(format!("{name} must be 1..={MAX_NAME_BYTES} bytes"));
             }
+            if value.chars().any(char::is_control) {
+                // Names reach terminals and logs: an escape sequence could rewrite what is shown.
+                return bad(format!("{name} must not contain control characters"));
+            }
         }
         if self.exp <= self.nbf {
             return bad(format!(
@@ -164,6 +168,9 @@ impl Claims {
         for (i, class) in s.classes.iter().enumerate() {
             if class.is_empty() || class.len() > MAX_NAME_BYTES {
                 return bad(format!("class names must be 1..={MAX_NAME_BYTES} bytes"));
+            }
+            if class.chars().any(char::is_control) {
+                return bad("class names must not contain control characters".into());
             }
             if s.classes[..i].contains(class) {
                 return bad(format!("class {class:?} is repeated"));
