@@ -11,11 +11,12 @@ if grep -q 'blindkd-engine feature "client"' <<<"$tree"; then
 fi
 # And the engine compiles without it (the server's view of the engine).
 cargo clippy -q -p blindkd-engine --no-default-features -- -D warnings
-cargo build -q -p blindkd-server --bin blindkd-server
 # The binary itself: built on its own it must start past its key-holding guard (it then fails on
-# the missing files, exit 1); a build that linked key code would refuse with exit 2.
+# the missing files, exit 1); a build that linked key code would refuse with exit 2. `cargo run`
+# builds it with this package's features alone and wherever CARGO_TARGET_DIR points.
 set +e
-out=$(target/debug/blindkd-server --index /nonexistent.bkd --issuer /nonexistent.pub --ephemeral-state 2>&1)
+out=$(cargo run -q -p blindkd-server --bin blindkd-server -- \
+  --index /nonexistent.bkd --issuer /nonexistent.pub --ephemeral-state 2>&1)
 rc=$?
 set -e
 if [ "$rc" -ne 1 ] || grep -q "key-holding" <<<"$out"; then
