@@ -222,6 +222,15 @@ pub trait HostedIndex: Send + Sync {
     ) -> Result<Started>;
 }
 
+/// What one payload request served.
+#[derive(Debug)]
+pub struct ServedPayloads {
+    /// Reply bytes for the client (a [`PayloadReply`]).
+    pub reply: Vec<u8>,
+    /// The records served, in reply order, for audit and metrics.
+    pub records: Vec<u64>,
+}
+
 /// The result of round 1 on the server.
 pub struct Started {
     /// The live query, for rounds 2….
@@ -251,7 +260,7 @@ pub trait QueryHandle: Send + Sync {
     /// Sealed payloads of records in blocks this query evaluated: at most k per kNN query and
     /// `max_results` per range query (a record fetched again is not counted again); each new
     /// payload is charged before it is served.
-    fn payloads(&mut self, req: &[u8], meter: &mut dyn Meter) -> Result<Vec<u8>>;
+    fn payloads(&mut self, req: &[u8], meter: &mut dyn Meter) -> Result<ServedPayloads>;
     /// Leaf blocks evaluated so far.
     fn blocks_evaluated(&self) -> u32;
 }
@@ -426,11 +435,7 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
                 .iter()
                 .map(|&c| self.index.classes[c as usize].class.clone())
                 .collect(),
-            pivot_blocks: reply
-                .classes
-                .iter()
-                .map(|c| c.pivot_replies.len() as u32)
-                .sum(),
+            pivot_blocks: pivot_blocks as u32,
         };
         let live = Live {
             hosted: self,
@@ -523,7 +528,7 @@ impl<S: Scheme> QueryHandle for Live<S> {
         .map_err(|e| Error::malformed("block reply", e))
     }
 
-    fn payloads(&mut self, req: &[u8], meter: &mut dyn Meter) -> Result<Vec<u8>> {
+    fn payloads(&mut self, req: &[u8], meter: &mut dyn Meter) -> Result<ServedPayloads> {
         let req: PayloadRequest =
             postcard::from_bytes(req).map_err(|e| Error::malformed("payload request", e))?;
         if req.records.is_empty() || req.records.len() > MAX_PAYLOADS_PER_REQUEST {
@@ -577,8 +582,12 @@ impl<S: Scheme> QueryHandle for Live<S> {
                     .clone(),
             })
             .collect();
-        postcard::to_allocvec(&PayloadReply { payloads })
-            .map_err(|e| Error::malformed("payload reply", e))
+        let reply = postcard::to_allocvec(&PayloadReply { payloads })
+            .map_err(|e| Error::malformed("payload reply", e))?;
+        Ok(ServedPayloads {
+            reply,
+            records: req.records,
+        })
     }
 
     fn blocks_evaluated(&self) -> u32 {
@@ -797,7 +806,7 @@ mod client {
         let mut sealed = Vec::new();
         if payloads {
             if let Some(req) = client.payload_request()? {
-                let reply = live.payloads(&req, &mut Unmetered)?;
+                let reply = live.payloads(&req, &mut Unmetered)?.reply;
                 client.open_payloads(&reply)?;
                 let r: PayloadReply = postcard::from_bytes(&reply)
                     .map_err(|e| Error::malformed("payload reply", e))?;

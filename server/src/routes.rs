@@ -187,6 +187,14 @@ fn admit<'a>(s: &'a AppState, pass: &Pass) -> Result<crate::auth::TokenRequest<'
         })
 }
 
+/// Audits a refused request of an authorised session (rate-limited like every refusal).
+fn audit_refusal(s: &AppState, event: &str, pass: &Pass, code: &str) {
+    s.audit.record_refusal(
+        event,
+        serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": code }),
+    );
+}
+
 fn err(s: &AppState, e: ApiError) -> ApiError {
     Metrics::add(&s.metrics.errors, 1);
     e
@@ -417,7 +425,7 @@ async fn start_query(
         Ok(v) => v,
         Err(e) => {
             let e = ApiError::from(e);
-            s.audit.record_refusal("query_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
+            audit_refusal(&s, "query_refused", &pass, e.code);
             return Err(err(&s, e));
         }
     };
@@ -451,7 +459,7 @@ async fn start_query(
             s.limits.max_live_queries_per_token,
         )
         .map_err(|e| {
-            s.audit.record_refusal("query_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
+            audit_refusal(&s, "query_refused", &pass, e.code);
             err(&s, e)
         })?;
     s.audit.record(
@@ -508,13 +516,14 @@ async fn blocks(
         }
         Err(e) => {
             let e = ApiError::from(e);
-            s.audit.record_refusal("blocks_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
+            audit_refusal(&s, "blocks_refused", &pass, e.code);
             Err(err(&s, e))
         }
     }
 }
 
-/// Runs a payload request on the live query (off the executor: the charge is a durable write).
+/// Runs a payload request on the live query (off the executor: the charge is a durable write),
+/// and counts and audits what it served. Both payload routes go through here.
 async fn serve_payloads(
     s: &Arc<AppState>,
     pass: &Pass,
@@ -530,14 +539,21 @@ async fn serve_payloads(
     })
     .await
     .map_err(ApiError::internal)?;
-    match r {
-        Ok(bytes) => Ok((bytes, meter)),
-        Err(e) => {
-            let e = ApiError::from(e);
-            s.audit.record_refusal("payload_refused", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "reason": e.code }));
-            Err(e)
-        }
-    }
+    let served = r.map_err(|e| {
+        let e = ApiError::from(e);
+        audit_refusal(s, "payload_refused", pass, e.code);
+        e
+    })?;
+    Metrics::add(&s.metrics.payloads, served.records.len() as u64);
+    // LEAKAGE: [payload-fetch] which records' payloads a doctor fetches (the result set's ids).
+    s.audit.record(
+        "payloads",
+        serde_json::json!({
+            "sub": pass.subject(), "session": pass.session_hex(), "query": &qid[..qid.len().min(8)],
+            "records": served.records.iter().map(|r| format!("{r:016x}")).collect::<Vec<_>>(),
+        }),
+    );
+    Ok((served.reply, meter))
 }
 
 /// The payloads of a result set, in one round trip.
@@ -554,20 +570,10 @@ async fn payloads(
     let (bytes, meter) = serve_payloads(&s, &pass, &qid, body.to_vec())
         .await
         .map_err(|e| err(&s, e))?;
-    let served: PayloadReply = postcard::from_bytes(&bytes).map_err(ApiError::internal)?;
-    Metrics::add(&s.metrics.payloads, served.payloads.len() as u64);
-    // LEAKAGE: [payload-fetch] which records' payloads a doctor fetches (the result set's ids).
-    s.audit.record(
-        "payloads",
-        serde_json::json!({
-            "sub": pass.subject(), "session": pass.session_hex(), "query": &qid[..qid.len().min(8)],
-            "records": served.payloads.iter().map(|p| format!("{:016x}", p.record_id)).collect::<Vec<_>>(),
-        }),
-    );
     Ok(binary(bytes, &meter))
 }
 
-/// One payload (the single form of [`payloads`]), bounded and charged the same way.
+/// One payload (the single form of [`payloads`]), bounded, charged and audited the same way.
 async fn payload(
     State(s): State<Arc<AppState>>,
     Ids((id, qid, rid)): Ids<(String, String, String)>,
@@ -591,8 +597,6 @@ async fn payload(
         .payloads
         .pop()
         .ok_or_else(|| ApiError::internal("empty payload reply"))?;
-    Metrics::add(&s.metrics.payloads, 1);
-    s.audit.record("payloads", serde_json::json!({ "sub": pass.subject(), "session": pass.session_hex(), "query": &qid[..qid.len().min(8)], "records": [format!("{rid:016x}")] }));
     Ok(binary(p.sealed, &meter))
 }
 
