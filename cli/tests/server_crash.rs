@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use blindkd_tests::{error_reply, http, post_session, raw_session};
 use common::ok;
 
 fn dataset() -> PathBuf {
@@ -96,48 +97,14 @@ fn query_args(base: &str) -> Vec<String> {
     .to_vec()
 }
 
-/// Opens a session by hand: `(status, code or "", the body sent)`, so the same nonce and proof can
-/// be replayed.
-fn post_session(
-    base: &str,
-    body: Option<serde_json::Value>,
-    dir: &Path,
-) -> (u16, String, serde_json::Value) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let h = reqwest::Client::new();
-        let body = match body {
-            Some(b) => b,
-            None => {
-                let n: serde_json::Value = h
-                    .post(format!("{base}/v1/nonces"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let nonce = n["nonce"].as_str().unwrap().to_string();
-                let token = blindkd::read_token(&dir.join("token.png")).unwrap();
-                let device = blindkd_engine::token::DeviceKey::from_file_bytes(
-                    &std::fs::read(dir.join("doctor.device")).unwrap(),
-                )
-                .unwrap();
-                let pop = device.sign_pop(&hex::decode(&nonce).unwrap(), &token);
-                serde_json::json!({ "token": token, "nonce": nonce, "pop": hex::encode(pop) })
-            }
-        };
-        let r = h
-            .post(format!("{base}/v1/sessions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let v: serde_json::Value = r.json().await.unwrap();
-        let code = v["code"].as_str().unwrap_or("").to_string();
-        (status, code, body)
-    })
+/// The doctor's token text and device key, as the hospital wrote them for the test.
+fn doctor(dir: &Path) -> (String, blindkd_engine::token::DeviceKey) {
+    let token = blindkd::read_token(&dir.join("token.png")).unwrap();
+    let device = blindkd_engine::token::DeviceKey::from_file_bytes(
+        &std::fs::read(dir.join("doctor.device")).unwrap(),
+    )
+    .unwrap();
+    (token, device)
 }
 
 /// Runs one query; returns the budget that was left before it.
@@ -227,13 +194,17 @@ fn a_killed_server_keeps_every_acknowledged_charge() {
     let cost = l1 - l2;
     assert!(cost > 0 && l2 - l3 == cost, "{l1} {l2} {l3}");
     // A session opened with a nonce and proof that a thief then replays.
-    let (status, _, used) = post_session(&base, None, dir);
-    assert_eq!(status, 200);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (token, device) = doctor(dir);
+    let (resp, nonce) = rt.block_on(raw_session(&http(), &base, &token, Some(&device)));
+    assert_eq!(resp.status(), 200);
+    let pop = hex::encode(device.sign_pop(&hex::decode(&nonce).unwrap(), &token));
     // SIGKILL between queries: nothing in flight.
     server.kill().unwrap();
     server.wait().unwrap();
     let (mut server, base) = serve(dir);
-    let (status, code, _) = post_session(&base, Some(used), dir);
+    let replay = rt.block_on(post_session(&http(), &base, &token, &nonce, &pop));
+    let (status, code, _) = rt.block_on(error_reply(replay));
     assert_eq!((status, code.as_str()), (401, "replayed_nonce"));
     let l4 = query(dir, &base);
     assert_eq!(
