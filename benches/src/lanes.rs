@@ -445,7 +445,7 @@ pub(crate) fn loopback_state(
     let store = Arc::new(blindkd_server::store::RedbStore::open(
         &dir.path().join("state.redb"),
     )?);
-    let state = blindkd_server::AppState::with_store(indexes, issuers, None, None, limits, store)?;
+    let state = blindkd_server::AppState::with_store(indexes, issuers, &[], None, limits, store)?;
     Ok((state, dir))
 }
 

@@ -235,7 +235,7 @@ pub fn run(a: &LoadArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(1));
         rss.push(rss_kb());
         let done = Instant::now() - t0;
-        if done.as_secs() % 15 == 0 {
+        if done.as_secs().is_multiple_of(15) {
             eprintln!(
                 "load: {:>4} s, RSS {:.0} MB",
                 done.as_secs(),

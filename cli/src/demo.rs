@@ -61,10 +61,13 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     let key_path = dir.join("hospital.key");
     let mut owner = OwnerKey::generate("demo-hospital")?;
     crate::save_owner_key(&owner, &key_path)?;
+    let revoked_list = crate::revoke::list_path(&key_path);
+    crate::revoke::write_empty(&owner, &revoked_list)?;
     println!(
-        "    {} (0600) and {}",
+        "    {} (0600), {} and the signed revocation list {}",
         key_path.display(),
-        pub_path(&key_path).display()
+        pub_path(&key_path).display(),
+        revoked_list.display()
     );
 
     step(2, "hospital: index the Cleveland heart data (mlhe), holding out the last patient as the query");
@@ -131,7 +134,7 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     let state = blindkd_server::AppState::new(blindkd_server::ServerConfig {
         indexes: vec![index_path.clone()],
         issuers,
-        revoked: Some(dir.join("revoked.list")),
+        revoked: vec![revoked_list],
         audit: Some(dir.join("audit.log")),
         state: blindkd_server::StateConfig::File(dir.join("server-state.redb")),
         limits: blindkd_server::ServerLimits::default(),

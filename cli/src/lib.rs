@@ -1,6 +1,7 @@
 //! The `blindkd` command line: every flag lives here; the libraries do the work.
 
 mod demo;
+mod revoke;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -60,7 +61,8 @@ pub enum Cmd {
 /// `keygen`.
 #[derive(Args, Debug)]
 pub struct KeygenArgs {
-    /// Output key file; the public key goes next to it with extension `.pub`.
+    /// Output key file; the public key goes next to it as `.pub`, an empty signed revocation
+    /// list as `.revoked`.
     #[arg(long)]
     pub out: PathBuf,
     /// Issuer name (the token `iss`).
@@ -293,9 +295,10 @@ pub struct TokenRevokeArgs {
     /// Token image or text file.
     #[arg(long)]
     pub token: PathBuf,
-    /// Revocation list to append to (created if missing).
-    #[arg(long)]
-    pub out: PathBuf,
+    /// The signed revocation list to append to (`keygen` writes an empty one beside the key as
+    /// `<key>.revoked`; created if missing). Locked while it changes.
+    #[arg(long, alias = "out")]
+    pub list: PathBuf,
 }
 
 /// `bundle ...`.
@@ -397,7 +400,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Cmd::DeviceKey(a) => device_key(&a),
                 Cmd::Token(TokenCmd::Issue(a)) => token_issue(&a),
                 Cmd::Token(TokenCmd::Show(a)) => token_show(&a),
-                Cmd::Token(TokenCmd::Revoke(a)) => token_revoke(&a),
+                Cmd::Token(TokenCmd::Revoke(a)) => revoke::token_revoke(&a),
                 Cmd::Bundle(BundleCmd::Issue(a)) => bundle_issue(&a),
                 Cmd::Query(a) => query(&a),
                 Cmd::Demo(a) => demo(&a),
@@ -444,10 +447,16 @@ fn keygen(a: &KeygenArgs) -> anyhow::Result<()> {
     }
     let owner = OwnerKey::generate(&a.issuer)?;
     let pubp = save_owner_key(&owner, &a.out)?;
+    let list = revoke::list_path(&a.out);
+    revoke::write_empty(&owner, &list)?;
     println!("owner key: {} (mode 0600; keep it secret)", a.out.display());
     println!(
-        "issuer public key: {} (give it to the query server)",
+        "issuer public key: {} (give it to the query server: --issuer)",
         pubp.display()
+    );
+    println!(
+        "revocation list: {} (signed, empty; give it to the query server: --revoked; `token revoke` appends to it)",
+        list.display()
     );
     Ok(())
 }
@@ -809,43 +818,6 @@ fn token_show(a: &TokenShowArgs) -> anyhow::Result<()> {
     );
     println!("device     {}", hex::encode(claims.cnf));
     println!("status     {verdict}");
-    Ok(())
-}
-
-fn token_revoke(a: &TokenRevokeArgs) -> anyhow::Result<()> {
-    let owner = OwnerKey::load(&a.key)?;
-    let text = read_token(&a.token)?;
-    let claims = token::decode_unverified(&text)?;
-    let mut issuers = token::Issuers::new();
-    issuers.insert(
-        owner.issuer(),
-        IssuerKey::from_bytes(owner.signing_seed()).public(),
-    );
-    // Check the signature only; an expired token may still be revoked.
-    match token::verify(&text, &issuers, claims.iat, &claims.aud) {
-        Ok(_) => {}
-        Err(e) => bail!("this token was not issued with {}: {e}", a.key.display()),
-    }
-    let mut list = std::fs::read_to_string(&a.out).unwrap_or_default();
-    let id = hex::encode(claims.cti);
-    if list
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(id.as_str()))
-    {
-        println!("token {id} is already revoked in {}", a.out.display());
-        return Ok(());
-    }
-    list.push_str(&format!(
-        "{id} # sub={} revoked_at={}\n",
-        claims.sub,
-        now_unix()
-    ));
-    blindkd_engine::atomic::write(&a.out, list.as_bytes())?;
-    println!(
-        "revoked token {id} (subject {}); servers re-read {} on the next session request",
-        claims.sub,
-        a.out.display()
-    );
     Ok(())
 }
 

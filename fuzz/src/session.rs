@@ -120,7 +120,7 @@ pub fn session_request(data: &[u8]) -> Option<bool> {
     let state = AppState::from_indexes(
         indexes,
         f.issuers.clone(),
-        None,
+        &[],
         None,
         ServerLimits::default(),
     )

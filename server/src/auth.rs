@@ -5,7 +5,7 @@
 //! What must outlive the process (budget use, consumed nonces, revocations, the nonce MAC key)
 //! lives in the [`TokenStore`]; sessions and live queries are short-lived and stay in memory.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -63,20 +63,13 @@ struct Session {
     expires: Instant,
 }
 
-struct Revocation {
-    path: Option<PathBuf>,
-    modified: Option<SystemTime>,
-    /// Every id ever revoked: the store's, plus the list's. Never shrinks.
-    set: HashSet<[u8; 16]>,
-}
-
 /// Session and token bookkeeping.
 pub struct Auth {
     issuers: Issuers,
     store: Arc<dyn TokenStore>,
     nonce_key: [u8; 32],
     sessions: Mutex<HashMap<[u8; 16], Session>>,
-    revoked: Mutex<Revocation>,
+    revoked: Mutex<crate::revocation::Revocations>,
     in_flight: Mutex<HashMap<[u8; 16], usize>>,
     last_purge: Mutex<Instant>,
 }
@@ -137,24 +130,27 @@ impl From<ApiError> for Refused {
 }
 
 impl Auth {
-    /// New bookkeeping with pinned issuers, an optional revocation list and the token store.
+    /// New bookkeeping with pinned issuers, the signed revocation lists (each must exist and
+    /// verify) and the token store.
     pub fn new(
         issuers: Issuers,
-        revoked: Option<PathBuf>,
+        revoked: &[PathBuf],
         store: Arc<dyn TokenStore>,
+        limits: &crate::ServerLimits,
     ) -> anyhow::Result<Self> {
         let nonce_key = store.secret("nonce-mac")?;
-        let set = store.revoked()?.into_iter().collect();
+        let revocations = crate::revocation::Revocations::load(
+            revoked,
+            &issuers,
+            &store,
+            limits.revocation_recheck,
+        )?;
         Ok(Auth {
             issuers,
             store,
             nonce_key,
             sessions: Mutex::default(),
-            revoked: Mutex::new(Revocation {
-                path: revoked,
-                modified: None,
-                set,
-            }),
+            revoked: Mutex::new(revocations),
             in_flight: Mutex::default(),
             last_purge: Mutex::new(Instant::now()),
         })
@@ -208,58 +204,8 @@ impl Auth {
         Ok((n, exp))
     }
 
-    fn reload_revocations(&self) -> Result<(), ApiError> {
-        let mut r = lock(&self.revoked)?;
-        let Some(path) = r.path.clone() else {
-            return Ok(());
-        };
-        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        if modified.is_some() && modified == r.modified {
-            return Ok(());
-        }
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let mut listed = Vec::new();
-                for line in text
-                    .lines()
-                    .map(|l| l.trim_start_matches('\u{feff}').trim())
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                {
-                    let hex_id = line.split_whitespace().next().unwrap_or("");
-                    match hex::decode(hex_id)
-                        .ok()
-                        .and_then(|v| <[u8; 16]>::try_from(v).ok())
-                    {
-                        Some(id) => listed.push(id),
-                        None => {
-                            tracing::warn!(path = %path.display(), "ignoring a malformed revocation line")
-                        }
-                    }
-                }
-                let new: Vec<[u8; 16]> = listed
-                    .into_iter()
-                    .filter(|id| !r.set.contains(id))
-                    .collect();
-                // Durable first: a revocation the server has acted on survives a restart even if
-                // the list file is later lost or edited.
-                self.store.revoke(&new).map_err(store_error)?;
-                r.set.extend(new);
-                tracing::info!(path = %path.display(), revoked = r.set.len(), "revocation list loaded");
-                r.modified = modified;
-            }
-            // No list yet: nothing more revoked.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && r.modified.is_none() => {}
-            // A list that vanished or became unreadable keeps every revocation seen so far.
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "revocation list unreadable; keeping the revocations already loaded")
-            }
-        }
-        Ok(())
-    }
-
     fn is_revoked(&self, cti: &[u8; 16]) -> Result<bool, ApiError> {
-        self.reload_revocations()?;
-        Ok(lock(&self.revoked)?.set.contains(cti))
+        lock(&self.revoked)?.is_revoked(cti, &self.store)
     }
 
     /// Verifies token, time claims, audience, revocation, PoP and nonce, then opens a session.

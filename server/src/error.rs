@@ -38,6 +38,7 @@ pub const CODES: &[(&str, u16)] = &[
     ("not_yet_valid", 401),
     ("wrong_audience", 401),
     ("revoked", 401),
+    ("revocation_unavailable", 503),
     ("missing_pop", 401),
     ("bad_pop", 401),
     ("replayed_nonce", 401),

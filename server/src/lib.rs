@@ -11,6 +11,7 @@ mod conn;
 pub mod error;
 pub mod limit;
 pub mod metrics;
+mod revocation;
 mod routes;
 pub mod store;
 
@@ -61,6 +62,9 @@ pub struct ServerLimits {
     /// A connection with no request in flight and no byte in or out for this long is closed
     /// (HTTP/1 keep-alive and HTTP/2 alike).
     pub idle_timeout: Duration,
+    /// Revocation lists are re-read at least this often (and at once when a list's metadata
+    /// changes).
+    pub revocation_recheck: Duration,
 }
 
 impl Default for ServerLimits {
@@ -81,6 +85,7 @@ impl Default for ServerLimits {
             max_in_flight_per_token: 4,
             max_connections: 1024,
             idle_timeout: Duration::from_secs(30),
+            revocation_recheck: Duration::from_secs(1),
         }
     }
 }
@@ -91,8 +96,8 @@ pub struct ServerConfig {
     pub indexes: Vec<PathBuf>,
     /// Pinned issuer keys.
     pub issuers: Issuers,
-    /// Revocation list (one hex `cti` per line); re-read when it changes.
-    pub revoked: Option<PathBuf>,
+    /// Signed revocation lists, one per issuer (each must exist and verify; see `revocation`).
+    pub revoked: Vec<PathBuf>,
     /// Audit log file (JSON lines). Audit lines also go to the `audit` tracing target.
     pub audit: Option<PathBuf>,
     /// Where token state lives (budgets, consumed nonces, revocations).
@@ -167,7 +172,7 @@ impl AppState {
         Self::with_store(
             indexes,
             cfg.issuers,
-            cfg.revoked,
+            &cfg.revoked,
             cfg.audit,
             cfg.limits,
             store,
@@ -178,7 +183,7 @@ impl AppState {
     pub fn from_indexes(
         indexes: HashMap<IndexId, Arc<dyn HostedIndex>>,
         issuers: Issuers,
-        revoked: Option<PathBuf>,
+        revoked: &[PathBuf],
         audit: Option<PathBuf>,
         limits: ServerLimits,
     ) -> anyhow::Result<Arc<Self>> {
@@ -190,14 +195,14 @@ impl AppState {
     pub fn with_store(
         indexes: HashMap<IndexId, Arc<dyn HostedIndex>>,
         issuers: Issuers,
-        revoked: Option<PathBuf>,
+        revoked: &[PathBuf],
         audit: Option<PathBuf>,
         limits: ServerLimits,
         store: Arc<dyn store::TokenStore>,
     ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(AppState {
             indexes,
-            auth: auth::Auth::new(issuers, revoked, store)?,
+            auth: auth::Auth::new(issuers, revoked, store, &limits)?,
             gate: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             conns: Arc::new(conn::Conns::new(
@@ -458,9 +463,10 @@ pub struct ServeCmd {
     /// Client connections admitted at once (the longest-idle one makes room at the cap).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
-    /// Revocation list (hex token ids, one per line); re-read when it changes.
+    /// The hospital's signed revocation list (repeatable, one per issuer). The server refuses to
+    /// start if a list is missing or does not verify, and refuses tokens while one is broken.
     #[arg(long)]
-    pub revoked: Option<PathBuf>,
+    pub revoked: Vec<PathBuf>,
     /// Append audit lines (JSON) to this file.
     #[arg(long)]
     pub audit: Option<PathBuf>,

@@ -375,11 +375,7 @@ fn hosted(fixtures: &[&Fixture]) -> (HashMap<IndexId, Arc<dyn HostedIndex>>, Iss
 }
 
 /// Server state hosting `fixtures`, trusting their issuers (token state in memory).
-pub fn state(
-    fixtures: &[&Fixture],
-    limits: ServerLimits,
-    revoked: Option<PathBuf>,
-) -> Arc<AppState> {
+pub fn state(fixtures: &[&Fixture], limits: ServerLimits, revoked: &[PathBuf]) -> Arc<AppState> {
     let (indexes, issuers) = hosted(fixtures);
     AppState::from_indexes(indexes, issuers, revoked, None, limits).unwrap()
 }
@@ -391,7 +387,7 @@ pub fn state_with_store(
     store: Arc<dyn blindkd_server::store::TokenStore>,
 ) -> Arc<AppState> {
     let (indexes, issuers) = hosted(fixtures);
-    AppState::with_store(indexes, issuers, None, None, limits, store).unwrap()
+    AppState::with_store(indexes, issuers, &[], None, limits, store).unwrap()
 }
 
 /// A query server on a free loopback port. Dropping it stops it.
@@ -444,7 +440,7 @@ impl TestServer {
 
     /// Starts a server hosting `fixtures`.
     pub async fn hosting(fixtures: &[&Fixture], limits: ServerLimits) -> TestServer {
-        Self::start(state(fixtures, limits, None)).await
+        Self::start(state(fixtures, limits, &[])).await
     }
 
     /// A doctor's client for this server.

@@ -26,3 +26,5 @@ pub const TOKEN_HASH: &str = "blindkd 2026-11 access token hash";
 pub const SESSION_PK_A: &str = "blindkd 2026-11 mlhe session public key a";
 /// Checksum of a device key file.
 pub const DEVICE_KEY_FILE: &str = "blindkd 2026-11 device key file checksum";
+/// Signature context of a hospital's signed revocation list.
+pub const REVOCATION_LIST: &[u8] = b"blindkd 2026-11 revocation list v1";

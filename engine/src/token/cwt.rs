@@ -36,6 +36,17 @@ impl IssuerPublic {
     fn verifying_key(&self) -> Result<VerifyingKey> {
         VerifyingKey::from_bytes(&self.0).map_err(|e| Error::malformed("issuer public key", e))
     }
+
+    /// Verifies a detached signature made by `IssuerKey::sign_document` over `context ‖ body`.
+    /// Strict Ed25519 verification (no malleable or small-order signatures).
+    pub fn verify_document(&self, context: &[u8], body: &[u8], sig: &[u8; 64]) -> Result<()> {
+        let mut msg = Vec::with_capacity(context.len() + body.len());
+        msg.extend_from_slice(context);
+        msg.extend_from_slice(body);
+        self.verifying_key()?
+            .verify_strict(&msg, &Signature::from_bytes(sig))
+            .map_err(|_| refuse(codes::BAD_SIGNATURE, "the signature does not verify"))
+    }
 }
 
 impl fmt::Display for IssuerPublic {
@@ -270,6 +281,16 @@ mod issuing {
         /// The verification key to pin at servers.
         pub fn public(&self) -> IssuerPublic {
             IssuerPublic(self.signing.verifying_key().to_bytes())
+        }
+
+        /// A detached signature over `context ‖ body`, for documents other than tokens (the
+        /// revocation list). `context` is a domain string from [`crate::crypto::domain`]; a token's
+        /// COSE signature input starts with a CBOR array, so the two cannot be confused.
+        pub fn sign_document(&self, context: &[u8], body: &[u8]) -> [u8; 64] {
+            let mut msg = Vec::with_capacity(context.len() + body.len());
+            msg.extend_from_slice(context);
+            msg.extend_from_slice(body);
+            self.signing.sign(&msg).to_bytes()
         }
     }
 

@@ -40,6 +40,7 @@ mod cwt;
 mod device;
 mod pop;
 mod qr;
+mod revocation;
 #[cfg(feature = "client")]
 mod seal;
 
@@ -56,6 +57,7 @@ pub use pop::{pop_message, verify_pop, MIN_POP_NONCE_LEN};
 #[doc(hidden)]
 pub use qr::stages as qr_stages;
 pub use qr::{qr_version, render_qr_png, render_qr_svg, scan_qr, SCAN_BUDGET};
+pub use revocation::{RevocationList, RevokedToken, MAX_LIST_BYTES};
 #[cfg(feature = "client")]
 pub use seal::{open_sealed, seal_to_device};
 
