@@ -1,5 +1,6 @@
 //! The `blindkd` command line: every flag lives here; the libraries do the work.
 
+mod audit;
 mod demo;
 mod revoke;
 
@@ -16,6 +17,7 @@ use blindkd_indexer::dataset::{ClassSource, ColumnSel, LoadOptions, MissingPolic
 use blindkd_indexer::schema::Scaling;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use audit::{AuditCmd, AuditVerifyArgs};
 pub use demo::demo;
 
 /// blindkd: exact similarity search over an encrypted k-d tree index of patient records.
@@ -56,6 +58,9 @@ pub enum Cmd {
     Bench(blindkd_benches::BenchArgs),
     /// Bounded load test against a loopback server (see benches/README.md).
     Load(blindkd_benches::load::LoadArgs),
+    /// Server audit logs: verify the hash chain.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
 }
 
 /// `keygen`.
@@ -406,6 +411,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Cmd::Demo(a) => demo(&a),
                 Cmd::Bench(a) => blindkd_benches::run(&a),
                 Cmd::Load(a) => blindkd_benches::load::run(&a),
+                Cmd::Audit(a) => audit::run(&a),
                 Cmd::Serve(_) => unreachable!("handled above"),
             }
         }

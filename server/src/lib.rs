@@ -427,11 +427,13 @@ pub async fn run(
         }
         None => None,
     };
-    let r = serve(listener, state, shutdown_signal()).await;
+    let r = serve(listener, state.clone(), shutdown_signal()).await;
     let _ = stop_tx.send(true);
     if let Some(t) = admin_task {
         let _ = t.await;
     }
+    let (seq, head) = state.audit.head();
+    tracing::info!(seq, head = %hex::encode(head), "audit log head at shutdown (an anchor for `blindkd audit verify --expect-head`)");
     r
 }
 

@@ -28,6 +28,14 @@ pub fn parse_issuer_lines(text: &str, into: &mut Issuers) -> Result<()> {
         };
         let key = IssuerPublic::from_str(key)
             .map_err(|e| Error::malformed("issuer file", format!("line {}: {e}", i + 1)))?;
+        // Two hospitals keeping the default name must not silently replace each other's pin.
+        if into.get(name).is_some_and(|k| *k != key) {
+            return Err(Error::InvalidInput(format!(
+                "issuer file line {}: {name:?} is already pinned with another key; every \
+                 issuer needs its own name (`blindkd keygen --issuer NAME`)",
+                i + 1
+            )));
+        }
         into.insert(name, key);
         n += 1;
     }
@@ -35,4 +43,24 @@ pub fn parse_issuer_lines(text: &str, into: &mut Issuers) -> Result<()> {
         return Err(Error::malformed("issuer file", "no issuer key in it"));
     }
     Ok(())
+}
+
+#[cfg(all(test, feature = "client"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::token::IssuerKey;
+
+    /// Issue 17, finding T1: a second key under a pinned name is refused, not swapped in.
+    #[test]
+    fn a_name_pinned_twice_with_two_keys_is_refused() {
+        let (a, b) = (IssuerKey::random().public(), IssuerKey::random().public());
+        let mut issuers = Issuers::new();
+        parse_issuer_lines(&issuer_line("hospital", &a), &mut issuers).unwrap();
+        // The same pin again (the same file given twice) is harmless.
+        parse_issuer_lines(&issuer_line("hospital", &a), &mut issuers).unwrap();
+        let e = parse_issuer_lines(&issuer_line("hospital", &b), &mut issuers).unwrap_err();
+        assert!(e.to_string().contains("already pinned"), "{e}");
+        assert_eq!(issuers.get("hospital"), Some(&a));
+    }
 }
