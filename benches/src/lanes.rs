@@ -111,7 +111,11 @@ pub fn build<S: ClientScheme>(
     let ids = out.record_ids.clone();
     drop(out);
     let t = Instant::now();
-    let hosted = open_index_bytes(&bytes, Path::new("bench.bkd"))?;
+    let hosted = open_index_bytes(
+        &bytes,
+        Path::new("bench.bkd"),
+        &blindkd_engine::index::LoadLimits::default(),
+    )?;
     let load_s = t.elapsed().as_secs_f64();
     owner.indexes.push(record.clone());
     let bundle = owner.bundle(&record.classes, Some(&id_hex(&record.index_id)))?;
@@ -204,7 +208,13 @@ impl<S: ClientScheme> ScanLane<S> {
             .ok_or_else(|| anyhow!("scan lane needs the index bytes"))?;
         let path = Path::new("bench-scan.bkd");
         let raw = split_file(bytes, path)?;
-        let server = ServerIndex::from_body(scheme, raw.header.clone(), raw.body, path)?;
+        let server = ServerIndex::from_body(
+            scheme,
+            raw.header.clone(),
+            raw.body,
+            path,
+            &blindkd_engine::index::LoadLimits::default(),
+        )?;
         let mut keys = Vec::new();
         let mut rows = Vec::new();
         for cls in &server.classes {

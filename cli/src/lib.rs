@@ -440,6 +440,11 @@ pub(crate) fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// A byte count in MiB, one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
 /// `X.pub` next to `X`.
 pub fn pub_path(p: &Path) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
@@ -554,6 +559,19 @@ fn index(a: &IndexArgs) -> anyhow::Result<()> {
             println!("  class {c}: {n} records");
         }
         println!(
+            "  server memory once loaded: {} (projected; a server refuses an index above its \
+             --max-index-memory, default 16GiB)",
+            mib(report.server_memory_bytes)
+        );
+        let default_cap = blindkd_engine::index::LoadLimits::default().max_memory;
+        if report.server_memory_bytes > default_cap {
+            eprintln!(
+                "warning: {} is above a server's default limit; use larger leaves (--leaf-size) \
+                 or fewer classes",
+                mib(report.server_memory_bytes)
+            );
+        }
+        println!(
             "  sealed in {:.2} s, written in {:.2} s",
             report.build_seconds, report.write_seconds
         );
@@ -583,6 +601,10 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
     println!("  records      {}", s.records);
     println!("  leaf blocks  ≤ {} records", s.block_capacity);
     println!("  file size    {} bytes", s.file_bytes);
+    println!(
+        "  server memory {} once loaded (projected; bounded by --max-index-memory)",
+        mib(s.server_memory_bytes)
+    );
     for c in &s.classes {
         println!(
             "  class {:<14} {} records, {} nodes, {} leaves, depth {}, {} pivot block(s)",

@@ -155,7 +155,12 @@ fn killed_index_build_leaves_previous_index_intact() {
         );
         // The server-side loader accepts it too.
         let bytes = std::fs::read(d.join("cardio.bkd")).unwrap();
-        blindkd_engine::protocol::open_index_bytes(&bytes, Path::new("cardio.bkd")).unwrap();
+        blindkd_engine::protocol::open_index_bytes(
+            &bytes,
+            Path::new("cardio.bkd"),
+            &blindkd_engine::index::LoadLimits::default(),
+        )
+        .unwrap();
         // Stray temp files are harmless: a later build ignores them and succeeds.
         for name in temp_files(d) {
             std::fs::remove_file(d.join(name)).unwrap();

@@ -126,6 +126,8 @@ pub struct IndexSummary {
     pub block_capacity: u32,
     /// File size in bytes.
     pub file_bytes: u64,
+    /// Projected server memory once loaded, in bytes ([`projected_memory`]).
+    pub server_memory_bytes: u64,
     /// Per class: name, records, nodes, leaves, depth, pivot blocks.
     pub classes: Vec<ClassSummary>,
 }
@@ -157,6 +159,112 @@ pub fn parse_id(s: &str) -> Result<IndexId> {
     let v = hex::decode(s).map_err(|e| Error::InvalidInput(format!("index id `{s}`: {e}")))?;
     v.try_into()
         .map_err(|_| Error::InvalidInput(format!("index id `{s}` is not 16 bytes of hex")))
+}
+
+/// What a server accepts from one index file before it prepares anything (issue 17, C1): a
+/// small file can otherwise ask for a lot of memory (every mlhe block becomes `(d+1)` NTT
+/// polynomials of `N` coefficients however few rows it holds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadLimits {
+    /// Policy classes per index.
+    pub max_classes: usize,
+    /// Blocks (pivot and leaf) per index.
+    pub max_blocks: usize,
+    /// Projected server memory of the prepared index, in bytes ([`projected_memory`]).
+    pub max_memory: u64,
+}
+
+impl Default for LoadLimits {
+    fn default() -> Self {
+        LoadLimits {
+            max_classes: 4096,
+            max_blocks: 1 << 16,
+            max_memory: 16 << 30,
+        }
+    }
+}
+
+/// Server memory one prepared block takes (its evaluable form), by scheme.
+pub fn prepared_block_bytes(params: &SchemeParams, rows: usize, dim: usize) -> u64 {
+    let cols = dim as u64 + 1;
+    match params {
+        SchemeParams::Plain => rows as u64 * cols * 8,
+        // (d+1) polynomials of N coefficients per ciphertext prime, 8 bytes each.
+        SchemeParams::Mlhe(p) => cols * u64::from(p.degree) * p.moduli_bits.len() as u64 * 8,
+        // (d+1) big-integer ciphertexts of about 2·k0 bits per row.
+        SchemeParams::PaperShe(_) => rows as u64 * cols * 512,
+    }
+}
+
+/// The memory a server will hold for an index with this header and body, in bytes: prepared
+/// blocks plus record ids, payloads and sealed radii (allocator overhead not included).
+pub fn projected_memory<B>(
+    header: &IndexHeader,
+    body: &IndexBody<B>,
+    rows: impl Fn(&B) -> usize,
+) -> u64 {
+    let dim = header.dim as usize;
+    let block = |b: &B| prepared_block_bytes(&header.scheme, rows(b), dim);
+    body.classes
+        .iter()
+        .map(|c| {
+            let pivots: u64 = c.pivot_blocks.iter().map(&block).sum();
+            let leaves: u64 = c
+                .leaves
+                .iter()
+                .map(|l| {
+                    block(&l.block)
+                        + l.record_ids.len() as u64 * 8
+                        + l.payloads.iter().map(|p| p.len() as u64 + 24).sum::<u64>()
+                })
+                .sum();
+            pivots + leaves + c.sealed_radii.len() as u64
+        })
+        .sum()
+}
+
+/// Checks `body` against `limits` before anything is prepared.
+fn check_load_limits<B>(
+    header: &IndexHeader,
+    body: &IndexBody<B>,
+    rows: impl Fn(&B) -> usize,
+    limits: &LoadLimits,
+    path: &Path,
+) -> Result<()> {
+    let over = |what: String| {
+        Err(Error::LimitExceeded(format!(
+            "{}: {what}; rebuild the index with fewer classes or larger leaves (--leaf-size), or \
+             raise the server's limit",
+            path.display()
+        )))
+    };
+    if body.classes.len() > limits.max_classes {
+        return over(format!(
+            "{} classes, over the limit of {}",
+            body.classes.len(),
+            limits.max_classes
+        ));
+    }
+    let blocks: usize = body
+        .classes
+        .iter()
+        .map(|c| c.pivot_blocks.len() + c.leaves.len())
+        .sum();
+    if blocks > limits.max_blocks {
+        return over(format!(
+            "{blocks} blocks, over the limit of {}",
+            limits.max_blocks
+        ));
+    }
+    let memory = projected_memory(header, body, rows);
+    if memory > limits.max_memory {
+        return over(format!(
+            "it would take {} MiB of server memory, over the limit of {} MiB",
+            memory >> 20,
+            limits.max_memory >> 20
+        ));
+    }
+    Ok(())
 }
 
 /// Serialises header and body into the file format.
@@ -308,9 +416,15 @@ pub struct ServerClass<S: Scheme> {
 }
 
 impl<S: Scheme> ServerIndex<S> {
-    /// Parses and fully validates a body, then prepares every block (for mlhe: NTT precompute),
-    /// in parallel.
-    pub fn from_body(scheme: S, header: IndexHeader, body: &[u8], path: &Path) -> Result<Self> {
+    /// Parses and fully validates a body, checks it against `limits` (before any allocation
+    /// that scales with them), then prepares every block (for mlhe: NTT precompute), in parallel.
+    pub fn from_body(
+        scheme: S,
+        header: IndexHeader,
+        body: &[u8],
+        path: &Path,
+        limits: &LoadLimits,
+    ) -> Result<Self> {
         use rayon::prelude::*;
         let corrupt = |d: String| Error::DataCorruption {
             path: path.to_path_buf(),
@@ -321,6 +435,7 @@ impl<S: Scheme> ServerIndex<S> {
         if body.classes.is_empty() {
             return Err(corrupt("index has no classes".into()));
         }
+        check_load_limits(&header, &body, |b| scheme.block_rows(b), limits, path)?;
         let dim = header.dim as usize;
         let cap = scheme.block_capacity();
         if header.block_capacity as usize > cap || header.block_capacity == 0 {
@@ -420,15 +535,24 @@ pub fn summarize(bytes: &[u8], path: &Path) -> Result<IndexSummary> {
     let raw = split_file(bytes, path)?;
     match raw.header.scheme.id() {
         SchemeId::Plain => {
-            summarize_body::<crate::crypto::plain::PlainBlock>(&raw, bytes.len(), path)
+            let s = crate::crypto::plain::Plain::new();
+            summarize_body(&raw, bytes.len(), path, |b| s.block_rows(b))
         }
-        SchemeId::Mlhe => summarize_body::<crate::crypto::mlhe::MlheBlock>(&raw, bytes.len(), path),
+        SchemeId::Mlhe => {
+            let SchemeParams::Mlhe(p) = &raw.header.scheme else {
+                unreachable!("the id comes from the params")
+            };
+            let s = crate::crypto::mlhe::Mlhe::from_params(*p)?;
+            summarize_body(&raw, bytes.len(), path, |b| s.block_rows(b))
+        }
         #[cfg(feature = "paper-she")]
-        SchemeId::PaperShe => summarize_body::<<crate::crypto::she::PaperShe as Scheme>::Block>(
-            &raw,
-            bytes.len(),
-            path,
-        ),
+        SchemeId::PaperShe => {
+            let SchemeParams::PaperShe(p) = &raw.header.scheme else {
+                unreachable!("the id comes from the params")
+            };
+            let s = crate::crypto::she::PaperShe::from_param_bytes(p)?;
+            summarize_body(&raw, bytes.len(), path, |b| s.block_rows(b))
+        }
         #[cfg(not(feature = "paper-she"))]
         SchemeId::PaperShe => Err(Error::UnsupportedVersion(
             "this is a paper-she index; rebuild with the `paper-she` feature to read it".into(),
@@ -451,6 +575,7 @@ fn summarize_body<B: serde::de::DeserializeOwned>(
     raw: &RawIndex<'_>,
     file_bytes: usize,
     path: &Path,
+    rows: impl Fn(&B) -> usize,
 ) -> Result<IndexSummary> {
     let body: IndexBody<B> = parse_body(raw, path)?;
     // The shape comes from the file: validate it before walking it (a cycle would make
@@ -492,6 +617,71 @@ fn summarize_body<B: serde::de::DeserializeOwned>(
         records: h.records,
         block_capacity: h.block_capacity,
         file_bytes: file_bytes as u64,
+        server_memory_bytes: projected_memory(h, &body, rows),
         classes,
     })
+}
+
+#[cfg(test)]
+mod load_limit_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn body(classes: usize, leaves: usize) -> IndexBody<usize> {
+        let class = |i: usize| ClassIndex {
+            class: format!("c{i}"),
+            shape: TreeShape {
+                nodes: Vec::new(),
+                leaves: Vec::new(),
+            },
+            pivot_blocks: vec![1],
+            sealed_radii: Vec::new(),
+            leaves: (0..leaves)
+                .map(|_| LeafBlock {
+                    block: 1,
+                    record_ids: vec![0],
+                    payloads: vec![Vec::new()],
+                })
+                .collect(),
+        };
+        IndexBody {
+            classes: (0..classes).map(class).collect(),
+        }
+    }
+
+    fn header() -> IndexHeader {
+        IndexHeader {
+            index_id: [0; 16],
+            scheme: SchemeParams::Mlhe(crate::crypto::mlhe::MlheParams::default()),
+            dim: 4,
+            block_capacity: 8192,
+            records: 0,
+            created: 0,
+        }
+    }
+
+    /// Issue 17, C1: classes, blocks and projected memory are bounded before anything is prepared.
+    #[test]
+    fn classes_blocks_and_memory_are_capped() {
+        let limits = LoadLimits {
+            max_classes: 10,
+            max_blocks: 100,
+            max_memory: 64 << 20,
+        };
+        let check = |b: &IndexBody<usize>| {
+            check_load_limits(&header(), b, |r| *r, &limits, Path::new("x.bkd"))
+        };
+        check(&body(10, 2)).unwrap();
+        let e = check(&body(11, 1)).unwrap_err().to_string();
+        assert!(e.contains("11 classes"), "{e}");
+        let e = check(&body(2, 60)).unwrap_err().to_string();
+        assert!(e.contains("122 blocks"), "{e}");
+        // 5 × 8192 × 3 × 8 B ≈ 0.94 MiB per mlhe block: 70 blocks are over 64 MiB.
+        let e = check(&body(1, 69)).unwrap_err().to_string();
+        assert!(e.contains("server memory"), "{e}");
+        assert_eq!(
+            projected_memory(&header(), &body(1, 1), |r| *r),
+            2 * 5 * 8192 * 3 * 8 + 8 + 24
+        );
+    }
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{plain::Plain, PkSeed, Scheme};
-use crate::index::{IndexHeader, ServerIndex};
+use crate::index::{IndexHeader, LoadLimits, ServerIndex};
 use crate::tree::TreeShape;
 use crate::{Error, Result};
 
@@ -597,12 +597,21 @@ impl<S: Scheme> QueryHandle for Live<S> {
 
 /// Loads an index file for serving: framing, checksum, full validation, block preparation.
 pub fn open_index(path: &Path) -> Result<Arc<dyn HostedIndex>> {
+    open_index_with(path, &LoadLimits::default())
+}
+
+/// [`open_index`] with the server's [`LoadLimits`].
+pub fn open_index_with(path: &Path, limits: &LoadLimits) -> Result<Arc<dyn HostedIndex>> {
     let bytes = crate::index::read_file(path)?;
-    open_index_bytes(&bytes, path)
+    open_index_bytes(&bytes, path, limits)
 }
 
 /// [`open_index`] on bytes already in memory.
-pub fn open_index_bytes(bytes: &[u8], path: &Path) -> Result<Arc<dyn HostedIndex>> {
+pub fn open_index_bytes(
+    bytes: &[u8],
+    path: &Path,
+    limits: &LoadLimits,
+) -> Result<Arc<dyn HostedIndex>> {
     use crate::index::SchemeParams;
     let raw = crate::index::split_file(bytes, path)?;
     let header = raw.header.clone();
@@ -612,18 +621,19 @@ pub fn open_index_bytes(bytes: &[u8], path: &Path) -> Result<Arc<dyn HostedIndex
             header,
             raw.body,
             path,
+            limits,
         )?)),
         SchemeParams::Mlhe(p) => {
             let s = crate::crypto::mlhe::Mlhe::from_params(*p)?;
             Arc::new(Hosted::new(ServerIndex::from_body(
-                s, header, raw.body, path,
+                s, header, raw.body, path, limits,
             )?))
         }
         #[cfg(feature = "paper-she")]
         SchemeParams::PaperShe(p) => {
             let s = crate::crypto::she::PaperShe::from_param_bytes(p)?;
             Arc::new(Hosted::new(ServerIndex::from_body(
-                s, header, raw.body, path,
+                s, header, raw.body, path, limits,
             )?))
         }
         #[cfg(not(feature = "paper-she"))]

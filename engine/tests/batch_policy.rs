@@ -69,7 +69,12 @@ fn batch_policy_table() {
                 },
             )
             .unwrap();
-            let index = open_index_bytes(&out.to_file_bytes().unwrap(), Path::new("t")).unwrap();
+            let index = open_index_bytes(
+                &out.to_file_bytes().unwrap(),
+                Path::new("t"),
+                &blindkd_engine::index::LoadLimits::default(),
+            )
+            .unwrap();
             owner.indexes.push(out.record.clone());
             let bundle = owner.bundle(&["c".into()], None).unwrap();
             let access = Access {

@@ -140,7 +140,12 @@ fn fixture_token_and_requests_are_accepted() {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         if name.starts_with("seed-m0-plain") || name.starts_with("seed-m1-") {
             let data = std::fs::read(&f).unwrap();
-            blindkd_engine::protocol::open_index_bytes(&data[1..], Path::new("x")).unwrap();
+            blindkd_engine::protocol::open_index_bytes(
+                &data[1..],
+                Path::new("x"),
+                &blindkd_engine::index::LoadLimits::default(),
+            )
+            .unwrap();
         }
     }
 }

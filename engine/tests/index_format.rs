@@ -117,9 +117,13 @@ fn boundaries(bytes: &[u8]) -> Vec<(&'static str, usize)> {
 
 /// Opening fails with a data-corruption or version error (no panic), and so does `summarize`.
 fn assert_refused(bytes: &[u8], what: &str) -> Error {
-    let e = open_index_bytes(bytes, Path::new(P))
-        .err()
-        .unwrap_or_else(|| panic!("{what}: a bad file was accepted"));
+    let e = open_index_bytes(
+        bytes,
+        Path::new(P),
+        &blindkd_engine::index::LoadLimits::default(),
+    )
+    .err()
+    .unwrap_or_else(|| panic!("{what}: a bad file was accepted"));
     assert!(
         matches!(
             e,
@@ -150,12 +154,22 @@ fn assert_corrupt(bytes: &[u8], what: &str) {
 #[test]
 fn valid_files_open() {
     let (bytes, header, _) = plain();
-    let idx = open_index_bytes(&bytes, Path::new(P)).unwrap();
+    let idx = open_index_bytes(
+        &bytes,
+        Path::new(P),
+        &blindkd_engine::index::LoadLimits::default(),
+    )
+    .unwrap();
     assert_eq!(idx.header(), &header);
     assert_eq!(idx.class_names(), vec!["a".to_string(), "b".to_string()]);
     summarize(&bytes, Path::new(P)).unwrap();
     let (bytes, header, _) = mlhe();
-    let idx = open_index_bytes(&bytes, Path::new(P)).unwrap();
+    let idx = open_index_bytes(
+        &bytes,
+        Path::new(P),
+        &blindkd_engine::index::LoadLimits::default(),
+    )
+    .unwrap();
     assert_eq!(idx.header(), &header);
 }
 
@@ -312,9 +326,13 @@ where
     f(&mut h, &mut b);
     let bytes = encode_file(&h, &b).unwrap();
     split_file(&bytes, Path::new(P)).unwrap_or_else(|e| panic!("{what}: framing refused: {e}"));
-    let e = open_index_bytes(&bytes, Path::new(P))
-        .err()
-        .unwrap_or_else(|| panic!("{what}: accepted"));
+    let e = open_index_bytes(
+        &bytes,
+        Path::new(P),
+        &blindkd_engine::index::LoadLimits::default(),
+    )
+    .err()
+    .unwrap_or_else(|| panic!("{what}: accepted"));
     assert!(
         matches!(
             e,
@@ -621,7 +639,11 @@ fn random_body_bytes_with_valid_framing_are_refused() {
             }
         }
         let file = frame(&h, &b);
-        let opened = open_index_bytes(&file, Path::new(P));
+        let opened = open_index_bytes(
+            &file,
+            Path::new(P),
+            &blindkd_engine::index::LoadLimits::default(),
+        );
         let _ = summarize(&file, Path::new(P));
         if opened.is_err() {
             refused += 1;
@@ -664,7 +686,12 @@ fn compat_records() -> Vec<OwnerRecord> {
 type Hit3 = (String, u64, u128);
 
 fn run_query(bytes: &[u8], owner: &OwnerKey, kind: QueryKind) -> (Vec<Hit3>, Vec<Vec<u8>>) {
-    let index = open_index_bytes(bytes, Path::new("v1-plain.bkd")).unwrap();
+    let index = open_index_bytes(
+        bytes,
+        Path::new("v1-plain.bkd"),
+        &blindkd_engine::index::LoadLimits::default(),
+    )
+    .unwrap();
     let bundle = owner
         .bundle(&["a".to_string(), "b".to_string()], None)
         .unwrap();
@@ -826,7 +853,12 @@ fn compat_v1_plain_fixture_opens_and_answers() {
     let raw = split_file(&bytes, Path::new("v1-plain.bkd")).unwrap();
     assert_eq!(raw.version, 1, "the fixture is format v1");
     assert_eq!(raw.header.scheme, SchemeParams::Plain);
-    let index = open_index_bytes(&bytes, Path::new("v1-plain.bkd")).unwrap_or_else(|e| {
+    let index = open_index_bytes(
+        &bytes,
+        Path::new("v1-plain.bkd"),
+        &blindkd_engine::index::LoadLimits::default(),
+    )
+    .unwrap_or_else(|e| {
         panic!(
             "format v1 index no longer opens (current FORMAT_VERSION {FORMAT_VERSION}); keep a \
              reader for v1: {e}"
@@ -881,7 +913,12 @@ fn plain_extreme_rows_and_query_do_not_panic() {
         }
     }
     let bytes = encode_file(&header, &body).unwrap();
-    let index = open_index_bytes(&bytes, Path::new(P)).unwrap();
+    let index = open_index_bytes(
+        &bytes,
+        Path::new(P),
+        &blindkd_engine::index::LoadLimits::default(),
+    )
+    .unwrap();
     let w = vec![i64::MAX; header.dim as usize + 1];
     let q = postcard::to_allocvec(&w).unwrap();
     let req = postcard::to_allocvec(&blindkd_engine::protocol::StartRequest {

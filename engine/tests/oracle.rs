@@ -65,7 +65,12 @@ fn fixture<S: ClientScheme>(
     )
     .unwrap();
     let bytes = out.to_file_bytes().unwrap();
-    let index = open_index_bytes(&bytes, Path::new("test.bkd")).unwrap();
+    let index = open_index_bytes(
+        &bytes,
+        Path::new("test.bkd"),
+        &blindkd_engine::index::LoadLimits::default(),
+    )
+    .unwrap();
     let mut owner = owner;
     owner.indexes.push(out.record.clone());
     let classes: Vec<String> = out.record.classes.clone();
@@ -637,7 +642,12 @@ fn paper_she_matches_brute_force() {
         },
     )
     .unwrap();
-    let index = open_index_bytes(&out.to_file_bytes().unwrap(), Path::new("she.bkd")).unwrap();
+    let index = open_index_bytes(
+        &out.to_file_bytes().unwrap(),
+        Path::new("she.bkd"),
+        &blindkd_engine::index::LoadLimits::default(),
+    )
+    .unwrap();
     let mut owner = owner;
     owner.indexes.push(out.record.clone());
     let bundle = owner.bundle(&out.record.classes, None).unwrap();

@@ -264,13 +264,19 @@ fn open_and_use(file: &[u8], w_seed: &[u8]) {
     if let Ok(raw) = split_file(file, path()) {
         if let SchemeParams::Mlhe(p) = &raw.header.scheme {
             if *p == mlhe().params() {
-                let _ =
-                    ServerIndex::from_body(mlhe().clone(), raw.header.clone(), raw.body, path());
+                let _ = ServerIndex::from_body(
+                    mlhe().clone(),
+                    raw.header.clone(),
+                    raw.body,
+                    path(),
+                    &blindkd_engine::index::LoadLimits::default(),
+                );
                 return;
             }
         }
     }
-    let Ok(index) = open_index_bytes(file, path()) else {
+    let Ok(index) = open_index_bytes(file, path(), &blindkd_engine::index::LoadLimits::default())
+    else {
         return;
     };
     let raw = split_file(file, path()).unwrap();
@@ -319,8 +325,15 @@ pub fn index_file(data: &[u8]) {
 /// The plain fixture, opened once.
 pub fn hosted_plain() -> Arc<dyn HostedIndex> {
     static H: OnceLock<Arc<dyn HostedIndex>> = OnceLock::new();
-    H.get_or_init(|| open_index_bytes(PLAIN_INDEX, path()).unwrap())
-        .clone()
+    H.get_or_init(|| {
+        open_index_bytes(
+            PLAIN_INDEX,
+            path(),
+            &blindkd_engine::index::LoadLimits::default(),
+        )
+        .unwrap()
+    })
+    .clone()
 }
 
 /// A token scope allowing everything on the plain fixture.

@@ -43,7 +43,12 @@ pub struct Fixture {
 pub fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let hosted = open_index_bytes(PLAIN_INDEX, Path::new("fuzz.bkd")).unwrap();
+        let hosted = open_index_bytes(
+            PLAIN_INDEX,
+            Path::new("fuzz.bkd"),
+            &blindkd_engine::index::LoadLimits::default(),
+        )
+        .unwrap();
         let id = hosted.header().index_id;
         let issuer = IssuerKey::from_bytes(&[1; 32]);
         let mut issuers = Issuers::new();

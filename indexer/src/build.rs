@@ -64,6 +64,8 @@ pub struct IndexReport {
     pub write_seconds: f64,
     /// File size.
     pub file_bytes: u64,
+    /// Projected server memory once loaded (what `blindkd-server --max-index-memory` bounds).
+    pub server_memory_bytes: u64,
 }
 
 /// Builds the schema (with the job's scaling) and the index, writes it atomically, and records the
@@ -125,6 +127,8 @@ pub fn build(
     )?;
     bar.finish_and_clear();
     let build_seconds = t.elapsed().as_secs_f64();
+    let server_memory_bytes =
+        blindkd_engine::index::summarize(&bytes, &job.out)?.server_memory_bytes;
     // Crash-safe order: (1) write and fsync the new file under a temporary name, the slow part;
     // (2) record the new index in the owner key, keeping the old record of the same name; (3) rename
     // the file into place; (4) drop the old record. A crash in (1) changes nothing; after (3) the file
@@ -166,6 +170,7 @@ pub fn build(
         build_seconds,
         write_seconds,
         file_bytes: bytes.len() as u64,
+        server_memory_bytes,
     };
     owner
         .indexes

@@ -62,6 +62,8 @@ pub struct ServerLimits {
     /// A connection with no request in flight and no byte in or out for this long is closed
     /// (HTTP/1 keep-alive and HTTP/2 alike).
     pub idle_timeout: Duration,
+    /// What one index file may ask for at load (classes, blocks, projected memory).
+    pub index: blindkd_engine::index::LoadLimits,
     /// Revocation lists are re-read at least this often (and at once when a list's metadata
     /// changes).
     pub revocation_recheck: Duration,
@@ -86,6 +88,7 @@ impl Default for ServerLimits {
             max_connections: 1024,
             idle_timeout: Duration::from_secs(30),
             revocation_recheck: Duration::from_secs(1),
+            index: blindkd_engine::index::LoadLimits::default(),
         }
     }
 }
@@ -154,7 +157,7 @@ impl AppState {
     pub fn new(cfg: ServerConfig) -> anyhow::Result<Arc<Self>> {
         let mut indexes = HashMap::new();
         for p in &cfg.indexes {
-            let idx = blindkd_engine::protocol::open_index(p)
+            let idx = blindkd_engine::protocol::open_index_with(p, &cfg.limits.index)
                 .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", p.display()))?;
             let id = idx.header().index_id;
             tracing::info!(
@@ -472,6 +475,10 @@ pub struct ServeCmd {
     /// Append audit lines (JSON) to this file.
     #[arg(long)]
     pub audit: Option<PathBuf>,
+    /// Most server memory one index may take once loaded (`512MiB`, `16GiB`, …); `blindkd
+    /// inspect` shows an index's projection. Checked before anything is allocated for it.
+    #[arg(long, default_value = "16GiB", value_parser = parse_bytes)]
+    pub max_index_memory: u64,
     /// Evaluations running at once (back-pressure beyond it).
     #[arg(long, default_value_t = 4)]
     pub max_concurrent: usize,
@@ -516,6 +523,10 @@ impl ServeCmd {
             limits: ServerLimits {
                 max_concurrent: self.max_concurrent.max(1),
                 max_connections: self.max_connections as usize,
+                index: blindkd_engine::index::LoadLimits {
+                    max_memory: self.max_index_memory,
+                    ..Default::default()
+                },
                 ..ServerLimits::default()
             },
         })
@@ -537,6 +548,30 @@ pub enum AdminListen {
     Off,
     /// This address.
     At(SocketAddr),
+}
+
+/// Parses a size: a number of bytes, or with a `KiB`, `MiB`, `GiB` or `TiB` suffix.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        u => {
+            return Err(format!(
+                "unknown unit `{u}` in `{s}` (use KiB, MiB, GiB or TiB)"
+            ))
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|e| format!("`{s}` is not a size like 16GiB: {e}"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn parse_admin(s: &str) -> Result<AdminListen, String> {

@@ -1,0 +1,70 @@
+//! Issue 17, C1: a small index file can ask for a lot of server memory (every mlhe block becomes
+//! (d+1) NTT polynomials however few rows it holds). `index` and `inspect` show the projection,
+//! and a server refuses an index above its `--max-index-memory` before allocating for it.
+#![cfg(unix)]
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+mod common;
+use common::{blindkd, ok};
+
+#[test]
+fn a_tiny_file_that_needs_huge_memory_is_refused_at_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ok(dir, &["keygen", "--out", "hospital.key"]);
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/heart-cleveland.data");
+    let out = ok(
+        dir,
+        &[
+            "index",
+            "--key",
+            "hospital.key",
+            "--input",
+            data.to_str().unwrap(),
+            "--no-header",
+            "--columns",
+            "#0,#3,#4,#7",
+            "--class",
+            "cardiology",
+            "--leaf-size",
+            "1",
+            "--out",
+            "tiny.bkd",
+            "--json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let file = report["file_bytes"].as_u64().unwrap();
+    let memory = report["server_memory_bytes"].as_u64().unwrap();
+    // 303 one-row leaves (plus pivots), each 5 polynomials × 8192 coefficients × 3 primes × 8 B.
+    assert!(memory >= 303 * 5 * 8192 * 3 * 8, "{memory}");
+    assert!(memory > 100 * file, "file {file} B, memory {memory} B");
+    let shown = ok(dir, &["inspect", "tiny.bkd"]);
+    assert!(shown.contains("server memory"), "{shown}");
+
+    let o = blindkd(
+        dir,
+        &[
+            "serve",
+            "--index",
+            "tiny.bkd",
+            "--issuer",
+            "hospital.key.pub",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--ephemeral-state",
+            "--max-index-memory",
+            "64MiB",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the server loaded it: {err}");
+    assert!(
+        err.contains("server memory") && err.contains("64 MiB"),
+        "{err}"
+    );
+}
