@@ -18,7 +18,7 @@
 # The run writes new inputs to fuzz/target-corpus/TARGET (not committed), reading the committed
 # seeds in fuzz/corpus/TARGET; crashes land in fuzz/artifacts/TARGET/. To keep a crash as a
 # regression, minimise it (`cargo fuzz tmin TARGET ARTIFACT`) and copy it to
-# fuzz/regressions/TARGET/: engine/tests/fuzz_regressions.rs replays it in every test run.
+# fuzz/regressions/TARGET/: keys/tests/fuzz_regressions.rs replays it in every test run.
 # The committed corpus is the hand-made seeds (`seed-*`, written by the seed generators in the
 # replay tests) plus the minimised corpus of the last long run (`min-<sha1>`): merge with
 # `fuzz/target/…/TARGET -merge=1 NEWDIR fuzz/corpus/TARGET fuzz/target-corpus/TARGET` and copy the
@@ -95,8 +95,8 @@ case "${1:-}" in
         ;;
     replay)
         cd ..
-        cargo test -p blindkd-engine --test fuzz_regressions
-        cargo test -p blindkd-server --test fuzz_session
+        cargo test -p blindkd-keys --test fuzz_regressions
+        cargo test -p blindkd-tests --test fuzz_session
         ;;
     list) printf '%s\n' "${TARGETS[@]}" ;;
     *)

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use blindkd_benches::micro::{MlheFixture, Product};
-use blindkd_engine::crypto::{ClientScheme, Scheme};
+use blindkd_keys::crypto::{ClientScheme, Scheme};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 fn mlhe(c: &mut Criterion) {

@@ -1,5 +1,5 @@
 //! In-process kNN (k = 10) and 0.1 % range queries on 10^5 clustered records × d = 10, per scheme
-//! (plain, mlhe), through the engine's client state machine and hosted index.
+//! (plain, mlhe), through the client state machine (`blindkd-keys`) and the engine's hosted index.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -9,9 +9,9 @@ use blindkd_benches::lanes::{self, Lane, Query, TreeLane};
 use blindkd_engine::crypto::mlhe::Mlhe;
 use blindkd_engine::crypto::plain::Plain;
 use blindkd_engine::index::SchemeParams;
-use blindkd_engine::owner::OwnerKey;
 use blindkd_engine::protocol::QueryKind;
 use blindkd_indexer::synth::Distribution;
+use blindkd_keys::owner::OwnerKey;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn query(c: &mut Criterion) {

@@ -7,14 +7,15 @@ mod she {
     use std::time::Duration;
 
     use blindkd_benches::micro::rows;
-    use blindkd_engine::crypto::she::{PaperShe, SHE_BLOCK};
-    use blindkd_engine::crypto::{frame_query, ClassKey, ClientScheme, RowRef, Scheme};
     use blindkd_engine::encoding::QueryPlan;
+    use blindkd_keys::crypto::she::{PaperSheClient, SHE_BLOCK};
+    use blindkd_keys::crypto::{frame_query, ClassKey, ClientScheme, RowRef, Scheme};
     use criterion::{black_box, Criterion};
 
     pub(crate) fn she(c: &mut Criterion) {
         let d = 10;
-        let (scheme, key) = PaperShe::setup(&ClassKey::from_bytes([9; 32]), &[3; 16]).unwrap();
+        let (scheme, key) =
+            PaperSheClient::setup(&ClassKey::from_bytes([9; 32]), &[3; 16]).unwrap();
         let r = rows(SHE_BLOCK, d, 3);
         let block = scheme.seal_block(&key, &r).unwrap();
         let prepared = scheme.prepare(&block, d).unwrap();

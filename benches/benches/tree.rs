@@ -7,9 +7,9 @@ use blindkd_benches::data;
 use blindkd_engine::crypto::mlhe::Mlhe;
 use blindkd_engine::crypto::plain::Plain;
 use blindkd_engine::index::SchemeParams;
-use blindkd_engine::owner::{build_index, BuildOptions, OwnerKey};
 use blindkd_engine::tree::TreeBuilder;
 use blindkd_indexer::synth::Distribution;
+use blindkd_keys::owner::{build_index, BuildOptions, OwnerKey};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 fn tree(c: &mut Criterion) {

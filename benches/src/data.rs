@@ -2,9 +2,9 @@
 
 use anyhow::Context;
 use blindkd_engine::encoding::{squared_distance, Schema};
-use blindkd_engine::owner::OwnerRecord;
 use blindkd_indexer::schema::{build_schema, encode_all, suggest_scale, Scaling};
 use blindkd_indexer::synth::{generate, Distribution, SynthSpec};
+use blindkd_keys::owner::OwnerRecord;
 use rayon::prelude::*;
 
 /// Bit budget of every encoded coordinate (the indexer's default).

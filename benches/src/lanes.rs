@@ -7,17 +7,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context};
-use blindkd_engine::crypto::{frame_query, ClientScheme, RowDomain, RowRef};
 use blindkd_engine::encoding::QueryPlan;
 use blindkd_engine::index::{id_hex, split_file, IndexId, SchemeParams, ServerIndex};
-use blindkd_engine::owner::{
-    build_index, BuildOptions, Bundle, IndexRecord, OwnerKey, OwnerRecord,
-};
-use blindkd_engine::protocol::{
+use blindkd_engine::tree::ShapeNode;
+use blindkd_keys::crypto::{frame_query, ClientScheme, RowDomain, RowRef};
+use blindkd_keys::owner::{build_index, BuildOptions, Bundle, IndexRecord, OwnerKey, OwnerRecord};
+use blindkd_keys::protocol::{
     new_query_client, open_index_bytes, run_in_process, Access, BatchPolicy, HostedIndex, Limits,
     QueryKind, QueryStats,
 };
-use blindkd_engine::tree::ShapeNode;
 use kiddo::immutable::float::kdtree::ImmutableKdTree;
 use kiddo::SquaredEuclidean;
 
@@ -149,7 +147,8 @@ const LIMITS: Limits = Limits {
     max_blocks_per_request: 64,
 };
 
-/// The tree protocol in process: the engine's client state machine against the hosted index.
+/// The tree protocol in process: the client state machine (`blindkd-keys`) against the hosted
+/// index.
 pub struct TreeLane<'a> {
     built: &'a Built,
     access: Access,
@@ -443,7 +442,7 @@ pub(crate) fn loopback_state(
     built: &Built,
     limits: blindkd_server::ServerLimits,
 ) -> anyhow::Result<(Arc<blindkd_server::AppState>, tempfile::TempDir)> {
-    use blindkd_engine::token::{IssuerKey, Issuers};
+    use blindkd_keys::token::{IssuerKey, Issuers};
     let mut issuers = Issuers::new();
     issuers.insert(
         owner.issuer(),
@@ -463,12 +462,12 @@ pub(crate) fn loopback_state(
 pub(crate) fn bench_token(
     owner: &OwnerKey,
     built: &Built,
-    device: &blindkd_engine::token::DeviceKey,
+    device: &blindkd_keys::token::DeviceKey,
     sub: &str,
     ttl: std::time::Duration,
     scope: blindkd_engine::token::Scope,
 ) -> anyhow::Result<String> {
-    use blindkd_engine::token::{self, Claims, IssuerKey};
+    use blindkd_keys::token::{self, Claims, IssuerKey};
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;
@@ -508,7 +507,7 @@ impl<'a> HttpLane<'a> {
         owner: &OwnerKey,
         built: &'a Built,
     ) -> anyhow::Result<Self> {
-        use blindkd_engine::token::{self, DeviceKey, Scope};
+        use blindkd_keys::token::{self, DeviceKey, Scope};
         let limits = blindkd_server::ServerLimits {
             max_query_body: 64 << 20,
             request_timeout: std::time::Duration::from_secs(600),

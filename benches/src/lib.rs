@@ -25,9 +25,9 @@ use anyhow::{anyhow, bail, Context};
 use blindkd_engine::crypto::mlhe::Mlhe;
 use blindkd_engine::crypto::plain::Plain;
 use blindkd_engine::index::SchemeParams;
-use blindkd_engine::owner::OwnerKey;
 use blindkd_engine::protocol::QueryKind;
 use blindkd_indexer::synth::Distribution;
+use blindkd_keys::owner::OwnerKey;
 
 pub use report::Row;
 
@@ -287,7 +287,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
                 let ck = owner.class_key(blindkd_engine::crypto::SchemeId::PaperShe, "");
                 let t = Instant::now();
-                let (s, _key) = blindkd_engine::crypto::she::PaperShe::setup(&ck, &id)?;
+                let (s, _key) = blindkd_keys::crypto::she::PaperSheClient::setup(&ck, &id)?;
                 let keygen_s = t.elapsed().as_secs_f64();
                 let p = SchemeParams::PaperShe(s.param_bytes()?);
                 let mut b = lanes::build(
@@ -388,7 +388,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                         let SchemeParams::PaperShe(pb) = hdr else {
                             bail!("paper-she index with another scheme header");
                         };
-                        let s = blindkd_engine::crypto::she::PaperShe::from_param_bytes(&pb)?;
+                        let s = blindkd_keys::crypto::she::PaperSheClient::from_param_bytes(&pb)?;
                         let s = lanes::ScanLane::new(s, b, &owner, &data)?;
                         active.push((
                             "paper-she-scan".into(),

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use blindkd_engine::crypto::mlhe::Mlhe;
 use blindkd_engine::index::{id_hex, SchemeParams};
-use blindkd_engine::owner::OwnerKey;
-use blindkd_engine::protocol::{new_query_client, BatchPolicy, QueryKind};
-use blindkd_engine::token::{self, DeviceKey, Scope};
 use blindkd_indexer::synth::Distribution;
+use blindkd_keys::owner::OwnerKey;
+use blindkd_keys::protocol::{new_query_client, BatchPolicy, QueryKind};
+use blindkd_keys::token::{self, DeviceKey, Scope};
 
 use crate::{data, lanes};
 

@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use blindkd_engine::crypto::mlhe::{Mlhe, MlheBlock, DEGREE};
-use blindkd_engine::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef, Scheme};
 use blindkd_engine::encoding::{augment, QueryPlan};
+use blindkd_keys::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef, Scheme};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -47,13 +47,13 @@ pub struct MlheFixture {
     /// The scheme.
     pub m: Mlhe,
     /// Mask key.
-    pub key: blindkd_engine::crypto::mlhe::MlheKey,
+    pub key: blindkd_keys::crypto::mlhe::MlheKey,
     /// Stored block.
     pub block: MlheBlock,
     /// Rows of the block.
     pub refs: Vec<RowRef>,
     /// Session.
-    pub session: blindkd_engine::crypto::mlhe::MlheSession,
+    pub session: blindkd_keys::crypto::mlhe::MlheSession,
     /// Query plan.
     pub plan: QueryPlan,
     /// Framed query bytes (session public key + sealed query).
@@ -259,9 +259,9 @@ pub fn run(reps: usize) -> anyhow::Result<String> {
 /// paper-she per-record costs at the published parameters on a full 1024-row block.
 #[cfg(feature = "paper-she")]
 pub fn she(reps: usize, d: usize) -> anyhow::Result<String> {
-    use blindkd_engine::crypto::she::{PaperShe, SHE_BLOCK};
+    use blindkd_keys::crypto::she::{PaperSheClient, SHE_BLOCK};
     let t = Instant::now();
-    let (scheme, key) = PaperShe::setup(&ClassKey::from_bytes([9; 32]), &[3; 16])?;
+    let (scheme, key) = PaperSheClient::setup(&ClassKey::from_bytes([9; 32]), &[3; 16])?;
     let keygen = t.elapsed().as_secs_f64();
     let r = rows(SHE_BLOCK, d, 3);
     let t = Instant::now();

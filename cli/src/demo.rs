@@ -11,12 +11,12 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use blindkd_engine::crypto::SchemeId;
 use blindkd_engine::encoding::squared_distance;
-use blindkd_engine::owner::OwnerKey;
 use blindkd_engine::protocol::QueryKind;
-use blindkd_engine::token::{self, DeviceKey, IssuerKey};
 use blindkd_indexer::build::IndexJob;
 use blindkd_indexer::dataset::{ClassSource, ColumnSel, LoadOptions};
 use blindkd_indexer::schema::Scaling;
+use blindkd_keys::owner::OwnerKey;
+use blindkd_keys::token::{self, DeviceKey, IssuerKey};
 
 use crate::{
     issue_token, open_bundle, print_outcome, pub_path, read_device, DemoArgs, TokenIssueArgs,

@@ -9,12 +9,12 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use blindkd_engine::crypto::SchemeId;
-use blindkd_engine::owner::{Bundle, OwnerKey};
 use blindkd_engine::protocol::QueryKind;
-use blindkd_engine::token::{self, Claims, DeviceKey, DevicePublic, IssuerKey, Scope};
 use blindkd_indexer::build::{IndexJob, DEFAULT_BITS};
 use blindkd_indexer::dataset::{ClassSource, ColumnSel, LoadOptions, MissingPolicy};
 use blindkd_indexer::schema::Scaling;
+use blindkd_keys::owner::{Bundle, OwnerKey};
+use blindkd_keys::token::{self, Claims, DeviceKey, DevicePublic, IssuerKey, Scope};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use audit::{AuditCmd, AuditVerifyArgs};
@@ -719,7 +719,7 @@ fn read_device_public(p: &Path) -> anyhow::Result<DevicePublic> {
 }
 
 pub(crate) fn read_device(p: &Path) -> anyhow::Result<DeviceKey> {
-    blindkd_engine::owner::check_private(p)?;
+    blindkd_keys::owner::check_private(p)?;
     let b = zeroize::Zeroizing::new(
         std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
     );

@@ -10,8 +10,8 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use blindkd_engine::owner::OwnerKey;
-use blindkd_engine::token::{self, IssuerKey, Issuers, RevocationList, RevokedToken};
+use blindkd_keys::owner::OwnerKey;
+use blindkd_keys::token::{self, IssuerKey, Issuers, RevocationList, RevokedToken};
 
 use crate::{now_unix, read_token, TokenRevokeArgs};
 
@@ -33,7 +33,7 @@ fn issuers_of(owner: &OwnerKey) -> (IssuerKey, Issuers) {
 /// Writes an empty signed list (serial 0) for a new owner key.
 pub(crate) fn write_empty(owner: &OwnerKey, path: &Path) -> anyhow::Result<()> {
     let (key, _) = issuers_of(owner);
-    let text = RevocationList::new(owner.issuer()).sign(&key)?;
+    let text = key.sign_revocation_list(&RevocationList::new(owner.issuer()))?;
     blindkd_engine::atomic::write(path, text.as_bytes())?;
     Ok(())
 }
@@ -88,7 +88,7 @@ pub(crate) fn token_revoke(a: &TokenRevokeArgs) -> anyhow::Result<()> {
         revoked_at: list.issued,
         subject: claims.sub.clone(),
     });
-    blindkd_engine::atomic::write(&a.list, list.sign(&key)?.as_bytes())?;
+    blindkd_engine::atomic::write(&a.list, key.sign_revocation_list(&list)?.as_bytes())?;
     // Read back: success is reported only for what is on disk.
     let back = std::fs::read(&a.list)
         .map_err(anyhow::Error::from)

@@ -98,9 +98,9 @@ fn query_args(base: &str) -> Vec<String> {
 }
 
 /// The doctor's token text and device key, as the hospital wrote them for the test.
-fn doctor(dir: &Path) -> (String, blindkd_engine::token::DeviceKey) {
+fn doctor(dir: &Path) -> (String, blindkd_keys::token::DeviceKey) {
     let token = blindkd::read_token(&dir.join("token.png")).unwrap();
-    let device = blindkd_engine::token::DeviceKey::from_file_bytes(
+    let device = blindkd_keys::token::DeviceKey::from_file_bytes(
         &std::fs::read(dir.join("doctor.device")).unwrap(),
     )
     .unwrap();

@@ -1,14 +1,14 @@
 //! The doctor's client: opens a session with a QR access token and proof of possession, runs the
-//! engine's query state machine over HTTP, and opens results and payloads with the key bundle.
-//! Secrets (device key, bundle, session key, the query) never leave this process.
+//! client query state machine (`blindkd-keys`) over HTTP, and opens results and payloads with the
+//! key bundle. Secrets (device key, bundle, session key, the query) never leave this process.
 
 use std::time::{Duration, Instant};
 
-use blindkd_engine::owner::{BundleEntry, OpenedPayload};
-use blindkd_engine::protocol::{
+use blindkd_keys::owner::{BundleEntry, OpenedPayload};
+use blindkd_keys::protocol::{
     new_query_client, BatchPolicy, QueryClient, QueryKind, QueryStats, Step,
 };
-use blindkd_engine::token::DeviceKey;
+use blindkd_keys::token::DeviceKey;
 use serde::{Deserialize, Serialize};
 
 /// A client error: the server's `{code, message}`, transport trouble, or a local engine error.

@@ -65,13 +65,17 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn malformed(what: &'static str, detail: impl std::fmt::Display) -> Self {
+    /// [`Error::Malformed`] for `what` with a displayable detail.
+    #[doc(hidden)]
+    pub fn malformed(what: &'static str, detail: impl std::fmt::Display) -> Self {
         Error::Malformed {
             what,
             detail: detail.to_string(),
         }
     }
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// [`Error::Io`] for `path`.
+    #[doc(hidden)]
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,

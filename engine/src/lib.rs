@@ -1,11 +1,13 @@
 //! blindkd engine: exact similarity search over a masked k-d tree index.
 //!
-//! The engine holds the cryptography ([`crypto`]), the fixed-point [`encoding`], the kd-PB
-//! [`tree`], the [`index`] file format, the query [`protocol`] state machines and the access
-//! [`token`] format. It does no network I/O.
+//! The engine holds the keyless half of blindkd: the server's view of the schemes ([`crypto`]), the
+//! fixed-point [`encoding`], the kd-PB [`tree`], the [`index`] file format, the server side of the
+//! query [`protocol`] and the access [`token`] format (decoding and verification). It does no
+//! network I/O.
 //!
-//! Everything that holds a secret key (data owner and doctor) sits behind the `client` feature.
-//! The query server is built without it, so a server binary cannot even name a secret key type.
+//! Nothing here holds a secret key: key generation, sealing, decryption, unmasking, the mask PRF
+//! and signing live in the `blindkd-keys` crate, which depends on this one. The query server
+//! depends on this crate only, so a server binary cannot even name a secret key type.
 #![forbid(unsafe_code)]
 
 pub mod atomic;
@@ -13,15 +15,8 @@ pub mod crypto;
 pub mod encoding;
 mod error;
 pub mod index;
-#[cfg(feature = "client")]
-pub mod owner;
 pub mod protocol;
 pub mod token;
 pub mod tree;
 
 pub use error::{Error, Result};
-
-/// Whether this build of the engine contains the key-holding code (feature `client`). Cargo unifies
-/// features across a workspace build, so a `blindkd-server` built together with the client crates
-/// links it; the server binary refuses to start then (issue 11, finding K).
-pub const KEY_HOLDING: bool = cfg!(feature = "client");

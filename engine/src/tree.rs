@@ -2,8 +2,8 @@
 //! (DESIGN §4). Built on plaintext by the data owner; only its *shape* reaches the server.
 //!
 //! Writer → serializer → reader, tantivy-style: [`TreeBuilder`] builds a [`PlainTree`] in memory
-//! (owner only), [`crate::owner`] seals it into the [`crate::index`] body, and the client reads the
-//! public [`TreeShape`] plus its sealed radii back.
+//! (owner only), `blindkd_keys::owner` seals it into the [`crate::index`] body, and the client
+//! reads the public [`TreeShape`] plus its sealed radii back.
 
 use serde::{Deserialize, Serialize};
 

@@ -30,7 +30,9 @@ fn tag_of(line: &str) -> Option<String> {
 fn every_leakage_marker_has_a_security_md_row() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut files = Vec::new();
-    for d in ["engine", "server", "client", "indexer", "cli", "benches"] {
+    for d in [
+        "engine", "keys", "server", "client", "indexer", "cli", "benches",
+    ] {
         rust_files(&root.join(d), &mut files);
     }
     let mut in_code = BTreeSet::new();

@@ -2,9 +2,9 @@
 //! and must return without panicking, looping or allocating without bound.
 //!
 //! Shared verbatim by the cargo-fuzz targets (`fuzz/fuzz_targets/*.rs`) and by the corpus
-//! replay test `engine/tests/fuzz_regressions.rs` (`#[path]` include), so CI runs every corpus
+//! replay test `keys/tests/fuzz_regressions.rs` (`#[path]` include), so CI runs every corpus
 //! file through exactly the code the fuzzer ran. Fixtures are the checked-in files under
-//! `engine/tests/fixtures/`, so a reproducer means the same thing everywhere.
+//! `keys/tests/fixtures/`, so a reproducer means the same thing everywhere.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -18,14 +18,14 @@ use blindkd_engine::protocol::{
     Unmetered,
 };
 use blindkd_engine::token::{
-    decode_unverified, issue, verify, verify_pop, Claims, DeviceKey, IssuerKey, Issuers,
-    QueryKind as TokenKind, Scope,
+    decode_unverified, verify, verify_pop, Claims, Issuers, QueryKind as TokenKind, Scope,
 };
+use blindkd_keys::token::{issue, DeviceKey, IssuerKey};
 
 /// The checked-in format-v1 plain index (48 records, d = 4, classes `a` and `b`).
-pub const PLAIN_INDEX: &[u8] = include_bytes!("../../engine/tests/fixtures/v1-plain.bkd");
+pub const PLAIN_INDEX: &[u8] = include_bytes!("../../keys/tests/fixtures/v1-plain.bkd");
 /// A small checked-in mlhe index (12 records, d = 2).
-pub const MLHE_INDEX: &[u8] = include_bytes!("../../engine/tests/fixtures/small-mlhe.bkd");
+pub const MLHE_INDEX: &[u8] = include_bytes!("../../keys/tests/fixtures/small-mlhe.bkd");
 
 /// The fixed "now" of token verification (2026-11-01T00:00:00Z).
 pub const NOW: i64 = 1_793_491_200;
@@ -34,7 +34,7 @@ pub const AUD: &str = "cardio-2026";
 /// The pinned issuer name.
 pub const ISS: &str = "hospital-a";
 /// Images and bitmaps above this many pixels are skipped by [`qr`] (keeps executions fast; the
-/// size limits and the time budget of `scan_qr` itself are tested by the engine's tests).
+/// size limits and the time budget of `scan_qr` itself are tested by `keys/tests/token_qr.rs`).
 pub const QR_MAX_PIXELS: u64 = 256 * 256;
 
 fn path() -> &'static Path {

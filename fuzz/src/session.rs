@@ -2,7 +2,7 @@
 //! through the real router with `oneshot`, as a client would reach it.
 //!
 //! Shared verbatim by the cargo-fuzz target `session_request` and by the corpus replay test
-//! `server/tests/fuzz_session.rs` (`#[path]` include). Each execution gets a fresh server state
+//! `tests/tests/fuzz_session.rs` (`#[path]` include). Each execution gets a fresh server state
 //! (nonces, sessions and the in-memory audit log would otherwise grow across executions and
 //! make them depend on each other).
 
@@ -14,14 +14,13 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use blindkd_engine::index::{id_hex, IndexId};
 use blindkd_engine::protocol::{open_index_bytes, HostedIndex};
-use blindkd_engine::token::{
-    issue, verify, Claims, DeviceKey, IssuerKey, Issuers, QueryKind, Scope,
-};
+use blindkd_engine::token::{verify, Claims, Issuers, QueryKind, Scope};
+use blindkd_keys::token::{issue, DeviceKey, IssuerKey};
 use blindkd_server::{app, AppState, ServerLimits};
 use tower::ServiceExt;
 
 /// The checked-in format-v1 plain index (48 records, d = 4, classes `a` and `b`).
-const PLAIN_INDEX: &[u8] = include_bytes!("../../engine/tests/fixtures/v1-plain.bkd");
+const PLAIN_INDEX: &[u8] = include_bytes!("../../keys/tests/fixtures/v1-plain.bkd");
 
 /// When the fixture token was issued (2026-11-01T00:00:00Z).
 pub const ISSUED_AT: i64 = 1_793_491_200;

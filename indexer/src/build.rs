@@ -9,7 +9,7 @@ use blindkd_engine::crypto::plain::Plain;
 use blindkd_engine::crypto::SchemeId;
 use blindkd_engine::encoding::Schema;
 use blindkd_engine::index::{id_hex, SchemeParams};
-use blindkd_engine::owner::{build_index, BuildOptions, IndexRecord, OwnerKey, OwnerRecord};
+use blindkd_keys::owner::{build_index, BuildOptions, IndexRecord, OwnerKey, OwnerRecord};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -217,7 +217,8 @@ pub fn seal(
         #[cfg(feature = "paper-she")]
         SchemeId::PaperShe => {
             let class_key = owner.class_key(SchemeId::PaperShe, "");
-            let (s, _key) = blindkd_engine::crypto::she::PaperShe::setup(&class_key, &index_id)?;
+            let (s, _key) =
+                blindkd_keys::crypto::she::PaperSheClient::setup(&class_key, &index_id)?;
             let p = SchemeParams::PaperShe(s.param_bytes()?);
             go!(s, p, 256)
         }

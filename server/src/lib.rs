@@ -1,6 +1,6 @@
 //! The blindkd query server: hosts masked indexes blind and runs the engine's query protocol over
-//! HTTP (DESIGN §6). Built **without** the engine's key-holding `client` feature: nothing here can
-//! name a secret key type, decrypt, or unmask.
+//! HTTP (DESIGN §6). It depends on the keyless `blindkd-engine` only, never on `blindkd-keys`:
+//! nothing here can name a secret key type, decrypt, or unmask.
 //!
 //! Layering: `routes` (HTTP only) → `auth` (tokens → sessions → [`auth::Pass`]) → the engine's
 //! [`HostedIndex`] / [`QueryHandle`] state machines.

@@ -1,4 +1,5 @@
-//! `blindkd-server`: the query server alone, built without any key-holding code.
+//! `blindkd-server`: the query server alone. It depends on the keyless `blindkd-engine` only, so it
+//! links no key-holding code, whatever else a workspace build compiles.
 
 use std::process::ExitCode;
 
@@ -6,14 +7,6 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = blindkd_server::ServeArgs::parse();
-    if blindkd_engine::KEY_HOLDING {
-        eprintln!(
-            "error: this blindkd-server binary links the engine's key-holding code (Cargo unified \
-             features in a workspace build). Build the operator's binary on its own: \
-             `cargo build --release -p blindkd-server`."
-        );
-        return ExitCode::from(2);
-    }
     match blindkd_server::run_from_args(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -17,12 +17,12 @@ use blindkd_client::{ClientError, QueryOutcome};
 use blindkd_engine::crypto::SchemeId;
 use blindkd_engine::encoding::{squared_distance, Schema};
 use blindkd_engine::index::{parse_id, IndexId};
-use blindkd_engine::owner::{Bundle, BundleEntry, OwnerKey};
 use blindkd_engine::protocol::{HostedIndex, QueryKind};
-use blindkd_engine::token::{self, Claims, DeviceKey, IssuerKey, Issuers, Scope};
 use blindkd_indexer::build::IndexJob;
 use blindkd_indexer::dataset::{Dataset, Record};
 use blindkd_indexer::synth::{self, Distribution, SynthSpec};
+use blindkd_keys::owner::{Bundle, BundleEntry, OwnerKey};
+use blindkd_keys::token::{self, Claims, DeviceKey, IssuerKey, Issuers, Scope};
 use blindkd_server::{AppState, ServerLimits};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -602,12 +602,12 @@ pub fn start_request(
     classes: Vec<String>,
 ) -> Vec<u8> {
     let qe = entry.schema.encode(q).unwrap();
-    let mut c = blindkd_engine::protocol::new_query_client(
+    let mut c = blindkd_keys::protocol::new_query_client(
         entry,
         kind,
         &qe,
         classes,
-        blindkd_engine::protocol::BatchPolicy::default(),
+        blindkd_keys::protocol::BatchPolicy::default(),
     )
     .unwrap();
     c.start_request(&blindkd_engine::crypto::FIXED_PK_SEED)

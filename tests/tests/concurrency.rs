@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blindkd_engine::protocol::{BlockRef, BlockRequest, QueryKind};
-use blindkd_engine::token::DeviceKey;
+use blindkd_keys::token::DeviceKey;
 use blindkd_server::ServerLimits;
 use blindkd_tests::{entry, error_reply, http, mlhe, start_request, TestServer, HANG};
 

@@ -10,7 +10,7 @@ use blindkd_client::{Client, QueryOutcome, Session};
 use blindkd_engine::protocol::{
     BlockRef, BlockRequest, Limits, PayloadRequest, QueryKind, StartRequest,
 };
-use blindkd_engine::token::{self, DeviceKey, IssuerKey};
+use blindkd_keys::token::{self, DeviceKey, IssuerKey};
 use blindkd_server::ServerLimits;
 use blindkd_tests::{
     code_of, entry, error_reply, fresh_nonce, http, mlhe, plain, post_session, raw_session,

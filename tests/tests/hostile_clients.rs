@@ -7,7 +7,7 @@ use std::time::Duration;
 use blindkd_engine::protocol::{
     BlockRef, BlockReply, BlockRequest, PayloadReply, PayloadRequest, QueryKind, StartReply,
 };
-use blindkd_engine::token::DeviceKey;
+use blindkd_keys::token::DeviceKey;
 use blindkd_server::ServerLimits;
 use blindkd_tests::{
     entry, error_reply, http, plain, raw_session, start_request, Fixture, TestServer, HANG,
@@ -246,7 +246,7 @@ async fn a_knn_query_that_fits_its_bound_is_answered() {
     for q in fx.query_points(12, 31) {
         let device = DeviceKey::random();
         let needed = {
-            use blindkd_engine::protocol::{new_query_client, run_in_process, BatchPolicy, Limits};
+            use blindkd_keys::protocol::{new_query_client, run_in_process, BatchPolicy, Limits};
             let one_by_one = BatchPolicy {
                 knn_first: 1,
                 max_per_request: 1,
@@ -562,7 +562,7 @@ async fn refusals_are_rate_limited_in_the_audit_log() {
 /// query asks for the same leaves in different orders.
 #[test]
 fn leaf_requests_are_shuffled_within_a_round() {
-    use blindkd_engine::protocol::{new_query_client, BatchPolicy, Step, Unmetered};
+    use blindkd_keys::protocol::{new_query_client, BatchPolicy, Step, Unmetered};
     let fx = plain();
     let b = fx.full_bundle();
     let q = fx.query_points(1, 2).remove(0);

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use blindkd_engine::protocol::{BlockRef, BlockRequest, QueryKind};
-use blindkd_engine::token::DeviceKey;
+use blindkd_keys::token::DeviceKey;
 use blindkd_server::ServerLimits;
 use blindkd_tests::{
     entry, error_reply, http, mlhe, plain, start_request, Fixture, TestServer, HANG,

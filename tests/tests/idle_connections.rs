@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use blindkd_engine::protocol::QueryKind;
-use blindkd_engine::token::DeviceKey;
+use blindkd_keys::token::DeviceKey;
 use blindkd_server::ServerLimits;
 use blindkd_tests::{entry, http, plain, TestServer};
 

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use blindkd_engine::token::{self, DeviceKey, RevocationList, RevokedToken};
+use blindkd_keys::token::{self, DeviceKey, RevocationList, RevokedToken};
 use blindkd_server::{AppState, ServerLimits};
 use blindkd_tests::{code_of, plain, Fixture, TestServer};
 
@@ -27,7 +27,7 @@ fn write_list(fx: &Fixture, path: &Path, serial: u64, ctis: &[[u8; 16]]) -> Stri
             subject: "doctor-0042".into(),
         })
         .collect();
-    let text = list.sign(&fx.issuer_key).unwrap();
+    let text = fx.issuer_key.sign_revocation_list(&list).unwrap();
     // Atomically, as `blindkd token revoke` does: a reader never sees half a file.
     blindkd_engine::atomic::write(path, text.as_bytes()).unwrap();
     text

@@ -1,16 +1,14 @@
-//! The three schemes behind one pair of traits (DESIGN §3).
+//! The three schemes behind one trait pair (DESIGN §3).
 //!
 //! * [`Scheme`] is the server's, keyless side: prepare a stored block, decode a client query,
 //!   evaluate the query on a block. Nothing in it can take a secret key.
-//! * [`ClientScheme`] (feature `client`) is the key-holding side: seal blocks (data owner), seal a
-//!   query and open a reply (doctor).
+//! * `ClientScheme`, the key-holding side (seal blocks for the data owner, seal a query and open a
+//!   reply for the doctor), is in the `blindkd-keys` crate, not here.
 //!
 //! Every scheme evaluates the same linear functional: for an augmented row `a = (w∘x̃, ‖x̃‖²_w)` and
 //! a query `w = (−2q̃, 1)`, the server computes `⟨a, w⟩` blindly and the client adds `‖q̃‖²_w` to get
 //! the exact squared distance. See [`crate::encoding::QueryPlan`].
 
-#[cfg(feature = "client")]
-pub mod aead;
 pub mod domain;
 pub mod mlhe;
 pub mod plain;
@@ -95,37 +93,6 @@ pub trait Scheme: Send + Sync + 'static {
     fn evaluate(&self, query: &Self::Query, block: &Self::Prepared) -> Result<Vec<u8>>;
 }
 
-/// The key-holding side of a scheme: the data owner seals, the doctor queries and opens.
-#[cfg(feature = "client")]
-pub trait ClientScheme: Scheme {
-    /// Per-class key material derived from a [`ClassKey`] (mlhe: the mask PRF key).
-    type Key: Send + Sync;
-    /// Per-session client secrets (mlhe: a fresh BFV secret key).
-    type Session: Send + Sync;
-
-    /// Derives the key material of one class for one index.
-    fn derive_key(&self, class_key: &ClassKey, index_id: &[u8; 16]) -> Result<Self::Key>;
-    /// Seals augmented rows into one block. `rows.len() ≤ block_capacity()`.
-    fn seal_block(&self, key: &Self::Key, rows: &[(RowRef, Vec<i64>)]) -> Result<Self::Block>;
-    /// Starts a session with fresh secrets.
-    fn new_session(&self) -> Result<Self::Session>;
-    /// Public session material the server needs (mlhe: the `b` of the session public key, whose
-    /// `a` the server derives from `pk_seed`), as bytes.
-    fn session_public(&self, session: &Self::Session, pk_seed: &PkSeed) -> Result<Vec<u8>>;
-    /// Seals the query functional `w` (length `dim + 1`).
-    fn seal_query(&self, session: &Self::Session, w: &[i64]) -> Result<Vec<u8>>;
-    /// Opens a reply for the given rows (in block order) into exact squared distances
-    /// `⟨a_j, w⟩ + q_norm`.
-    fn open(
-        &self,
-        key: &Self::Key,
-        session: &Self::Session,
-        reply: &[u8],
-        plan: &crate::encoding::QueryPlan,
-        rows: &[RowRef],
-    ) -> Result<Vec<u128>>;
-}
-
 /// The server's per-session seed for the session public key's `a` (DESIGN §3.4): chosen by the
 /// server, sent to the client with the session, never chosen by the client.
 pub type PkSeed = [u8; 32];
@@ -158,42 +125,4 @@ pub fn unframe_query(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
         return Err(bad("session key length exceeds the message"));
     }
     Ok(rest.split_at(len as usize))
-}
-
-/// A 32-byte per-class secret from which each scheme derives its key material.
-/// Zeroized on drop, never printed, not `Serialize`.
-#[cfg(feature = "client")]
-#[derive(zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
-pub struct ClassKey([u8; 32]);
-
-#[cfg(feature = "client")]
-impl ClassKey {
-    /// Wraps raw key bytes.
-    pub fn from_bytes(b: [u8; 32]) -> Self {
-        ClassKey(b)
-    }
-    /// A fresh random key from the OS CSPRNG.
-    pub fn random() -> Self {
-        let mut b = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
-        ClassKey(b)
-    }
-    /// The raw bytes, for the owner key file and the sealed bundle only.
-    pub fn expose(&self) -> &[u8; 32] {
-        &self.0
-    }
-    /// Derives a 32-byte subkey for `context` (a constant from [`domain`]) and `salt`.
-    pub fn derive(&self, context: &str, salt: &[u8]) -> zeroize::Zeroizing<[u8; 32]> {
-        let mut h = blake3::Hasher::new_derive_key(context);
-        h.update(&self.0);
-        h.update(salt);
-        zeroize::Zeroizing::new(*h.finalize().as_bytes())
-    }
-}
-
-#[cfg(feature = "client")]
-impl std::fmt::Debug for ClassKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClassKey(<redacted>)")
-    }
 }

@@ -20,8 +20,8 @@ pub enum QueryKind {
 }
 
 impl QueryKind {
-    #[cfg(feature = "client")]
-    fn to_code(self) -> u8 {
+    /// The kind's code in the scope claim.
+    pub fn to_code(self) -> u8 {
         match self {
             QueryKind::Knn => 0,
             QueryKind::Range => 1,
@@ -129,7 +129,7 @@ const CRV_ED25519: i64 = 6;
 
 impl Claims {
     /// Checks the invariants every token must satisfy; a decoded token that breaks one is
-    /// malformed, and [`super::issue`] refuses to sign one.
+    /// malformed, and `blindkd_keys::token::issue` refuses to sign one.
     pub fn validate(&self) -> Result<()> {
         let bad = |detail: String| Err(refuse(codes::MALFORMED_TOKEN, detail));
         for (name, value) in [("iss", &self.iss), ("sub", &self.sub), ("aud", &self.aud)] {
@@ -179,9 +179,8 @@ impl Claims {
         Ok(())
     }
 
-    /// The CWT claims set. Assumes [`Claims::validate`] passed.
-    #[cfg(feature = "client")]
-    pub(super) fn to_cwt(&self) -> ClaimsSet {
+    /// The CWT claims set (the payload a token signs). Assumes [`Claims::validate`] passed.
+    pub fn to_cwt(&self) -> ClaimsSet {
         let kinds = self
             .scope
             .kinds

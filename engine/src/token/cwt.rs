@@ -28,6 +28,12 @@ impl IssuerPublic {
         Ok(IssuerPublic(bytes))
     }
 
+    /// The key of an Ed25519 verifying key (always a curve point), for `blindkd-keys`' issuer key.
+    #[doc(hidden)]
+    pub fn from_verifying_key(key: &VerifyingKey) -> Self {
+        IssuerPublic(key.to_bytes())
+    }
+
     /// The 32 key bytes.
     pub fn to_bytes(self) -> [u8; 32] {
         self.0
@@ -237,99 +243,4 @@ fn claims_of(parsed: &Parsed) -> Result<Claims> {
     let set = ClaimsSet::from_slice(payload)
         .map_err(|e| refuse(codes::MALFORMED_TOKEN, format!("bad CWT claims: {e}")))?;
     Claims::from_cwt(set)
-}
-
-#[cfg(feature = "client")]
-pub use issuing::{issue, IssuerKey};
-
-#[cfg(feature = "client")]
-mod issuing {
-    use coset::{CoseSign1Builder, HeaderBuilder};
-    use ed25519_dalek::{Signer, SigningKey};
-    use rand::RngCore;
-    use zeroize::Zeroizing;
-
-    use super::*;
-
-    /// An issuer's (hospital's) Ed25519 token-signing key.
-    ///
-    /// Not `Clone`, not `Serialize`; zeroized on drop; `Debug` shows only the public key.
-    pub struct IssuerKey {
-        signing: SigningKey,
-    }
-
-    impl IssuerKey {
-        /// The key from its 32 secret bytes.
-        pub fn from_bytes(secret: &[u8; 32]) -> Self {
-            IssuerKey {
-                signing: SigningKey::from_bytes(secret),
-            }
-        }
-
-        /// A fresh random key.
-        pub fn random() -> Self {
-            let mut secret = Zeroizing::new([0u8; 32]);
-            rand::rng().fill_bytes(secret.as_mut());
-            Self::from_bytes(&secret)
-        }
-
-        /// The 32 secret bytes, for storing in the owner key.
-        pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
-            Zeroizing::new(self.signing.to_bytes())
-        }
-
-        /// The verification key to pin at servers.
-        pub fn public(&self) -> IssuerPublic {
-            IssuerPublic(self.signing.verifying_key().to_bytes())
-        }
-
-        /// A detached signature over `context ‖ body`, for documents other than tokens (the
-        /// revocation list). `context` is a domain string from [`crate::crypto::domain`]; a token's
-        /// COSE signature input starts with a CBOR array, so the two cannot be confused.
-        pub fn sign_document(&self, context: &[u8], body: &[u8]) -> [u8; 64] {
-            let mut msg = Vec::with_capacity(context.len() + body.len());
-            msg.extend_from_slice(context);
-            msg.extend_from_slice(body);
-            self.signing.sign(&msg).to_bytes()
-        }
-    }
-
-    impl fmt::Debug for IssuerKey {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.debug_struct("IssuerKey")
-                .field("public", &self.public())
-                .finish_non_exhaustive()
-        }
-    }
-
-    /// Signs `claims` into token text `BKD1:…`, with `kid` = `claims.iss`.
-    ///
-    /// Refuses claims that fail [`Claims::validate`].
-    pub fn issue(key: &IssuerKey, claims: &Claims) -> Result<String> {
-        claims.validate()?;
-        let payload = claims
-            .to_cwt()
-            .to_vec()
-            .map_err(|e| Error::Crypto(format!("encoding CWT claims: {e}")))?;
-        let protected = HeaderBuilder::new()
-            .algorithm(iana::Algorithm::EdDSA)
-            .key_id(claims.iss.as_bytes().to_vec())
-            .build();
-        let sign1 = CoseSign1Builder::new()
-            .protected(protected)
-            .payload(payload)
-            .create_signature(b"", |tbs| key.signing.sign(tbs).to_bytes().to_vec())
-            .build();
-        let bytes = sign1
-            .to_tagged_vec()
-            .map_err(|e| Error::Crypto(format!("encoding COSE_Sign1: {e}")))?;
-        let text = format!("{TOKEN_PREFIX}{}", base45::encode(&bytes));
-        if text.len() > MAX_TOKEN_CHARS {
-            return Err(Error::LimitExceeded(format!(
-                "token would be {} characters, over {MAX_TOKEN_CHARS}; shorten names or classes",
-                text.len()
-            )));
-        }
-        Ok(text)
-    }
 }

@@ -44,23 +44,3 @@ pub fn parse_issuer_lines(text: &str, into: &mut Issuers) -> Result<()> {
     }
     Ok(())
 }
-
-#[cfg(all(test, feature = "client"))]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use crate::token::IssuerKey;
-
-    /// Issue 17, finding T1: a second key under a pinned name is refused, not swapped in.
-    #[test]
-    fn a_name_pinned_twice_with_two_keys_is_refused() {
-        let (a, b) = (IssuerKey::random().public(), IssuerKey::random().public());
-        let mut issuers = Issuers::new();
-        parse_issuer_lines(&issuer_line("hospital", &a), &mut issuers).unwrap();
-        // The same pin again (the same file given twice) is harmless.
-        parse_issuer_lines(&issuer_line("hospital", &a), &mut issuers).unwrap();
-        let e = parse_issuer_lines(&issuer_line("hospital", &b), &mut issuers).unwrap_err();
-        assert!(e.to_string().contains("already pinned"), "{e}");
-        assert_eq!(issuers.get("hospital"), Some(&a));
-    }
-}

@@ -32,8 +32,9 @@
 //!
 //! # Key-holding parts
 //!
-//! Signing keys, device secrets and sealing/opening of bundles are behind the `client` feature.
-//! The server build can decode and verify tokens and proofs, and scan or render QR codes.
+//! Signing keys (`issue`), device secrets and the sealing and opening of bundles are in the
+//! `blindkd-keys` crate. This module decodes and verifies tokens
+//! and proofs, and scans and renders QR codes: all the server needs.
 
 mod claims;
 mod cwt;
@@ -41,16 +42,10 @@ mod device;
 mod pop;
 mod qr;
 mod revocation;
-#[cfg(feature = "client")]
-mod seal;
 
 mod issuer_file;
 pub use claims::{random_cti, Claims, QueryKind, Scope};
 pub use cwt::{decode_unverified, verify, IssuerPublic, Issuers};
-#[cfg(feature = "client")]
-pub use cwt::{issue, IssuerKey};
-#[cfg(feature = "client")]
-pub use device::DeviceKey;
 pub use device::DevicePublic;
 pub use issuer_file::{issuer_line, parse_issuer_lines};
 pub use pop::{pop_message, verify_pop, MIN_POP_NONCE_LEN};
@@ -58,8 +53,6 @@ pub use pop::{pop_message, verify_pop, MIN_POP_NONCE_LEN};
 pub use qr::stages as qr_stages;
 pub use qr::{qr_version, render_qr_png, render_qr_svg, scan_qr, SCAN_BUDGET};
 pub use revocation::{RevocationList, RevokedToken, MAX_LIST_BYTES};
-#[cfg(feature = "client")]
-pub use seal::{open_sealed, seal_to_device};
 
 /// The text prefix of every access token; the `1` is the token format version.
 pub const TOKEN_PREFIX: &str = "BKD1:";

@@ -27,9 +27,6 @@
 
 pub mod arith;
 pub mod attack;
-#[cfg(feature = "client")]
-mod key;
-pub mod prime;
 
 use num_bigint::BigUint;
 use num_traits::Zero;
@@ -39,9 +36,6 @@ use self::arith::{BigArith, ModArith};
 use super::{Scheme, SchemeId};
 use crate::{Error, Result};
 
-#[cfg(feature = "client")]
-pub use self::key::SheKey;
-
 /// Rows per block. Each row costs `(d+1)` ciphertexts of `2·k0` bits, so blocks stay small.
 pub const SHE_BLOCK: usize = 1024;
 /// Largest accepted `k0` (prime size in bits), bounding every allocation driven by the parameters.
@@ -50,9 +44,11 @@ pub const MAX_K0: u32 = 4096;
 pub const MIN_K0: u32 = 128;
 
 /// Magic and version of a sealed query: `SHEq`, version 1.
-const QUERY_MAGIC: [u8; 5] = *b"SHEq\x01";
+#[doc(hidden)]
+pub const QUERY_MAGIC: [u8; 5] = *b"SHEq\x01";
 /// Magic and version of a reply: `SHEr`, version 1.
-const REPLY_MAGIC: [u8; 5] = *b"SHEr\x01";
+#[doc(hidden)]
+pub const REPLY_MAGIC: [u8; 5] = *b"SHEr\x01";
 
 /// The three size parameters of the scheme, in bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -147,6 +143,15 @@ impl SheCiphertext {
     pub fn residue_bits(&self) -> u32 {
         self.residue_bits
     }
+    /// A ciphertext from its value and bookkeeping, for encryption in `blindkd-keys`.
+    #[doc(hidden)]
+    pub fn from_parts(value: BigUint, factors: u32, residue_bits: u32) -> Self {
+        SheCiphertext {
+            value,
+            factors,
+            residue_bits,
+        }
+    }
 }
 
 impl std::fmt::Debug for SheCiphertext {
@@ -179,26 +184,21 @@ pub struct SheQuery {
     w: Vec<<BigArith as ModArith>::Elem>,
 }
 
-/// The paper-she scheme. The server's instance knows only [`SheParams`]; a client instance also
-/// remembers the key it derived, because the trait seals queries without passing a key and this
-/// scheme encrypts queries under the same symmetric key as the rows.
+/// The paper-she scheme, as the server holds it: only the public [`SheParams`]. The key (`SheKey`)
+/// and the key-holding instance that seals and opens are in `blindkd-keys`.
 pub struct PaperShe {
     params: SheParams,
     n: BigUint,
     arith: BigArith,
     capacity: usize,
-    #[cfg(feature = "client")]
-    key: std::sync::OnceLock<SheKey>,
 }
 
 impl std::fmt::Debug for PaperShe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut d = f.debug_struct("PaperShe");
-        d.field("sizes", &self.params.sizes)
-            .field("modulus_bits", &self.n.bits());
-        #[cfg(feature = "client")]
-        d.field("key", &self.key.get().map(|_| "<redacted>"));
-        d.finish()
+        f.debug_struct("PaperShe")
+            .field("sizes", &self.params.sizes)
+            .field("modulus_bits", &self.n.bits())
+            .finish()
     }
 }
 
@@ -227,8 +227,6 @@ impl PaperShe {
             n,
             params,
             capacity: SHE_BLOCK,
-            #[cfg(feature = "client")]
-            key: std::sync::OnceLock::new(),
         })
     }
 
@@ -360,7 +358,8 @@ impl PaperShe {
 
     /// Parses `magic ‖ u32 count ‖ count fixed-width ciphertexts`, checking `count == expected`
     /// and the exact length before allocating.
-    fn decode_cts(
+    #[doc(hidden)]
+    pub fn decode_cts(
         &self,
         bytes: &[u8],
         magic: &[u8; 5],
@@ -397,7 +396,9 @@ impl PaperShe {
             .collect()
     }
 
-    fn encode_cts<'a>(
+    /// Writes `magic ‖ u32 count ‖ the ciphertexts, fixed width`.
+    #[doc(hidden)]
+    pub fn encode_cts<'a>(
         &self,
         magic: &[u8; 5],
         cts: impl ExactSizeIterator<Item = &'a BigUint>,
@@ -426,7 +427,9 @@ fn write_fixed(out: &mut [u8], v: &BigUint) {
     out[start..].copy_from_slice(b);
 }
 
-fn check_dim(dim: usize) -> Result<()> {
+/// Refuses a dimension outside `1..=MAX_DIM`.
+#[doc(hidden)]
+pub fn check_dim(dim: usize) -> Result<()> {
     if dim == 0 || dim > crate::encoding::MAX_DIM {
         return Err(Error::InvalidInput(format!(
             "dimension {dim} outside 1..={}",
@@ -519,129 +522,6 @@ impl Scheme for PaperShe {
             out.push(self.arith.export(&self.arith.dot_mod(row, w)));
         }
         self.encode_cts(&REPLY_MAGIC, out.iter())
-    }
-}
-
-#[cfg(feature = "client")]
-impl PaperShe {
-    /// The data owner's setup: derives the SHE key of `index_id` from the class key and returns
-    /// the scheme (public parameters, with the key remembered for sealing) and the key.
-    pub fn setup(class_key: &super::ClassKey, index_id: &[u8; 16]) -> Result<(PaperShe, SheKey)> {
-        Self::setup_with_sizes(class_key, index_id, SheSizes::PAPER)
-    }
-
-    /// [`Self::setup`] with explicit sizes (tests use small ones).
-    pub fn setup_with_sizes(
-        class_key: &super::ClassKey,
-        index_id: &[u8; 16],
-        sizes: SheSizes,
-    ) -> Result<(PaperShe, SheKey)> {
-        let seed = class_key.derive(super::domain::SHE_KEY, index_id);
-        let key = SheKey::generate(&seed, sizes)?;
-        let scheme = PaperShe::from_params(key.params())?;
-        let _ = scheme.key.set(key.share());
-        Ok((scheme, key))
-    }
-
-    /// Remembers `key` for sealing queries on this instance. Fails if it belongs to another `N`.
-    pub fn attach_key(&self, key: &SheKey) -> Result<()> {
-        self.check_key(key)?;
-        let _ = self.key.set(key.share());
-        Ok(())
-    }
-
-    fn check_key(&self, key: &SheKey) -> Result<()> {
-        if key.sizes() != self.params.sizes || key.modulus() != &self.n {
-            return Err(Error::Crypto(
-                "paper-she key does not belong to this index's modulus".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[cfg(feature = "client")]
-impl super::ClientScheme for PaperShe {
-    type Key = SheKey;
-    type Session = ();
-
-    /// Regenerates the key from `class_key.derive(SHE_KEY, index_id)`, checks it against `N`, and
-    /// remembers it on this instance so [`seal_query`](super::ClientScheme::seal_query) can use it.
-    fn derive_key(&self, class_key: &super::ClassKey, index_id: &[u8; 16]) -> Result<SheKey> {
-        let seed = class_key.derive(super::domain::SHE_KEY, index_id);
-        let key = SheKey::generate(&seed, self.params.sizes)?;
-        self.attach_key(&key)?;
-        Ok(key)
-    }
-
-    fn seal_block(&self, key: &SheKey, rows: &[(super::RowRef, Vec<i64>)]) -> Result<SheBlock> {
-        self.check_key(key)?;
-        if rows.len() > self.block_capacity() {
-            return Err(Error::InvalidInput("too many rows for one block".into()));
-        }
-        let width = rows.first().map_or(0, |(_, r)| r.len());
-        if rows.iter().any(|(_, r)| r.len() != width || r.len() < 2) {
-            return Err(Error::InvalidInput(
-                "paper-she: rows must all have length dim + 1 ≥ 2".into(),
-            ));
-        }
-        let mut rng = rand::rng();
-        let rows = rows
-            .iter()
-            .map(|(_, r)| {
-                let mut bytes = vec![0u8; r.len() * self.ct_len()];
-                for (&a, chunk) in r.iter().zip(bytes.chunks_exact_mut(self.ct_len())) {
-                    write_fixed(chunk, key.encrypt(i128::from(a), &mut rng)?.value());
-                }
-                Ok(bytes)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(SheBlock { rows })
-    }
-
-    fn new_session(&self) -> Result<()> {
-        Ok(())
-    }
-
-    fn session_public(&self, _: &(), _: &crate::crypto::PkSeed) -> Result<Vec<u8>> {
-        Ok(Vec::new())
-    }
-
-    fn seal_query(&self, _: &(), w: &[i64]) -> Result<Vec<u8>> {
-        let key = self.key.get().ok_or_else(|| {
-            Error::InvalidInput(
-                "paper-she seals queries under the SHE key: call derive_key (or attach_key) on \
-                 this scheme first"
-                    .into(),
-            )
-        })?;
-        check_dim(w.len().saturating_sub(1))?;
-        let mut rng = rand::rng();
-        let cts = w
-            .iter()
-            .map(|&x| key.encrypt(i128::from(x), &mut rng))
-            .collect::<Result<Vec<_>>>()?;
-        self.encode_cts(&QUERY_MAGIC, cts.iter().map(SheCiphertext::value))
-    }
-
-    fn open(
-        &self,
-        key: &SheKey,
-        _: &(),
-        reply: &[u8],
-        plan: &crate::encoding::QueryPlan,
-        rows: &[super::RowRef],
-    ) -> Result<Vec<u128>> {
-        self.check_key(key)?;
-        let cts = self.decode_cts(reply, &REPLY_MAGIC, rows.len(), "paper-she reply")?;
-        cts.into_iter()
-            .map(|c| {
-                let ip = key.decrypt_value(&c);
-                ip.checked_add(plan.q_norm)
-                    .and_then(|d| u128::try_from(d).ok())
-                    .ok_or_else(|| Error::Crypto("paper-she: negative squared distance".into()))
-            })
-            .collect()
     }
 }
 

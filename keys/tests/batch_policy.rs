@@ -2,16 +2,16 @@
 //! policy of `protocol::BatchPolicy`). Rounds and blocks depend only on the tree and the distances,
 //! not on the scheme, so `plain` measures them exactly and fast; mlhe's cost is then
 //! blocks × (per-block cost) + rounds × (round-trip cost). Ignored by default (it builds 10⁶ records):
-//! `cargo test --release -p blindkd-engine --test batch_policy -- --ignored --nocapture`.
+//! `cargo test --release -p blindkd-keys --test batch_policy -- --ignored --nocapture`.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
-use blindkd_engine::crypto::plain::Plain;
 use blindkd_engine::encoding::{Column, Schema};
 use blindkd_engine::index::SchemeParams;
-use blindkd_engine::owner::{build_index, BuildOptions, OwnerKey, OwnerRecord};
-use blindkd_engine::protocol::{
+use blindkd_keys::crypto::plain::Plain;
+use blindkd_keys::owner::{build_index, BuildOptions, OwnerKey, OwnerRecord};
+use blindkd_keys::protocol::{
     new_query_client, open_index_bytes, run_in_process, Access, BatchPolicy, Limits, QueryKind,
 };
 use rand::{Rng, SeedableRng};
@@ -85,7 +85,7 @@ fn batch_policy_table() {
                 max_radius: f64::INFINITY,
                 max_blocks: u32::MAX,
                 max_results: u32::MAX,
-                pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
+                pk_seed: blindkd_keys::crypto::FIXED_PK_SEED,
             };
             for first in [1u32, 2, 4, 8] {
                 let (mut rounds, mut blocks, mut maxb) = (0u64, 0u64, 0u32);

@@ -4,8 +4,7 @@
 //! every fuzz input without cargo-fuzz or a nightly toolchain.
 //!
 //! Regenerate the seed corpus (deterministic) with
-//! `cargo test -p blindkd-engine --test fuzz_regressions -- --ignored generate_seed_corpus`.
-#![cfg(feature = "client")]
+//! `cargo test -p blindkd-keys --test fuzz_regressions -- --ignored generate_seed_corpus`.
 #![allow(clippy::unwrap_used, unreachable_pub, dead_code)]
 
 #[path = "../../fuzz/src/harness.rs"]
@@ -14,7 +13,7 @@ mod harness;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use blindkd_engine::protocol::{BlockRef, BlockRequest, QueryKind, StartRequest};
+use blindkd_keys::protocol::{BlockRef, BlockRequest, QueryKind, StartRequest};
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -103,20 +102,20 @@ fn fixture_token_and_requests_are_accepted() {
     // The seeds exercise the success paths: check the harness fixtures really are valid.
     let t = harness::valid_token();
     let c =
-        blindkd_engine::token::verify(&t, harness::issuers(), harness::NOW, harness::AUD).unwrap();
+        blindkd_keys::token::verify(&t, harness::issuers(), harness::NOW, harness::AUD).unwrap();
     assert_eq!(c, harness::claims());
     let req = harness::plain_start_request(QueryKind::Knn { k: 3 }, vec![], &[1, 2, 3, 4, 1]);
     assert!(harness::hosted_plain()
         .start(
             &harness::access(),
             &req,
-            &mut blindkd_engine::protocol::Unmetered
+            &mut blindkd_keys::protocol::Unmetered
         )
         .is_ok());
     for seed in ["m0-token-png", "m0-token-jpeg"] {
         let img = std::fs::read(fuzz_dir().join("corpus/qr/seed-".to_owned() + seed)).unwrap();
         assert_eq!(
-            blindkd_engine::token::scan_qr(&img[1..]).unwrap(),
+            blindkd_keys::token::scan_qr(&img[1..]).unwrap(),
             t,
             "{seed}"
         );
@@ -140,7 +139,7 @@ fn fixture_token_and_requests_are_accepted() {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         if name.starts_with("seed-m0-plain") || name.starts_with("seed-m1-") {
             let data = std::fs::read(&f).unwrap();
-            blindkd_engine::protocol::open_index_bytes(
+            blindkd_keys::protocol::open_index_bytes(
                 &data[1..],
                 Path::new("x"),
                 &blindkd_engine::index::LoadLimits::default(),
@@ -233,13 +232,13 @@ fn generate_seed_corpus() {
 
     // qr (mode byte first, see the harness): a real token QR (PNG and JPEG), a non-token QR,
     // tiny and broken images, and the token as 8-bit and 1-bit bitmaps.
-    let png = blindkd_engine::token::render_qr_png(&token, 2).unwrap();
+    let png = blindkd_keys::token::render_qr_png(&token, 2).unwrap();
     let img = image::load_from_memory(&png).unwrap();
     let mut jpeg = Vec::new();
     img.write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
         .unwrap();
-    let hello = blindkd_engine::token::render_qr_png("HELLO WORLD", 3).unwrap();
-    let small = blindkd_engine::token::render_qr_png("BKD1:ABC", 1).unwrap();
+    let hello = blindkd_keys::token::render_qr_png("HELLO WORLD", 3).unwrap();
+    let small = blindkd_keys::token::render_qr_png("BKD1:ABC", 1).unwrap();
     let mut blank = Vec::new();
     image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(40, 40, image::Luma([255])))
         .write_to(&mut Cursor::new(&mut blank), image::ImageFormat::Png)
@@ -284,10 +283,9 @@ fn generate_seed_corpus() {
     write("qr", "m0-png-header-only", &with_mode(0, &png[..33]));
     write("qr", "m0-not-an-image", &with_mode(0, b"GIF89a not really"));
     for (text, px, name) in [(token.as_str(), 2, "token"), ("BKD1:ABC", 3, "short-token")] {
-        let gray =
-            image::load_from_memory(&blindkd_engine::token::render_qr_png(text, px).unwrap())
-                .unwrap()
-                .into_luma8();
+        let gray = image::load_from_memory(&blindkd_keys::token::render_qr_png(text, px).unwrap())
+            .unwrap()
+            .into_luma8();
         let w = u8::try_from(gray.width()).unwrap();
         write(
             "qr",
@@ -306,7 +304,7 @@ fn generate_seed_corpus() {
         ("BKD1:ABC", "short-token"),
         ("HELLO WORLD", "hello"),
     ] {
-        let gray = image::load_from_memory(&blindkd_engine::token::render_qr_png(text, 1).unwrap())
+        let gray = image::load_from_memory(&blindkd_keys::token::render_qr_png(text, 1).unwrap())
             .unwrap()
             .into_luma8();
         let size = gray.width() - 8;
@@ -452,7 +450,7 @@ fn generate_seed_corpus() {
 
     // mlhe_query: dimension byte, then the frame (u64 length, session key, postcard parts).
     let frame = |pk: &[u8], parts: &[Vec<u8>]| {
-        blindkd_engine::crypto::frame_query(pk, &postcard::to_allocvec(&parts.to_vec()).unwrap())
+        blindkd_keys::crypto::frame_query(pk, &postcard::to_allocvec(&parts.to_vec()).unwrap())
     };
     write("mlhe_query", "empty", &[0]);
     write("mlhe_query", "frame-empty", &with_mode(0, &frame(&[], &[])));

@@ -1,14 +1,16 @@
 //! paper-she: exactness against the plaintext oracle, known-answer tests of the scheme's
 //! arithmetic (depth limit, subtraction through E(−1), negative plaintexts), malformed input.
-#![cfg(all(feature = "paper-she", feature = "client"))]
+#![cfg(feature = "paper-she")]
 #![allow(clippy::unwrap_used)]
 
 use std::sync::OnceLock;
 
-use blindkd_engine::crypto::she::{PaperShe, SheBlock, SheCiphertext, SheKey, SheParams, SheSizes};
-use blindkd_engine::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef, Scheme};
 use blindkd_engine::encoding::{augment, squared_distance, QueryPlan};
 use blindkd_engine::Error;
+use blindkd_keys::crypto::she::{
+    PaperShe, PaperSheClient, SheBlock, SheCiphertext, SheKey, SheParams, SheSizes,
+};
+use blindkd_keys::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef, Scheme};
 use num_bigint::BigUint;
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -17,9 +19,11 @@ use rand_chacha::ChaCha20Rng;
 const INDEX_ID: [u8; 16] = [0x1d; 16];
 
 /// Paper-size key, generated once: (owner scheme with key attached, key).
-fn owner() -> &'static (PaperShe, SheKey) {
-    static OWNER: OnceLock<(PaperShe, SheKey)> = OnceLock::new();
-    OWNER.get_or_init(|| PaperShe::setup(&ClassKey::from_bytes([7; 32]), &INDEX_ID).expect("setup"))
+fn owner() -> &'static (PaperSheClient, SheKey) {
+    static OWNER: OnceLock<(PaperSheClient, SheKey)> = OnceLock::new();
+    OWNER.get_or_init(|| {
+        PaperSheClient::setup(&ClassKey::from_bytes([7; 32]), &INDEX_ID).expect("setup")
+    })
 }
 
 /// The server's instance: only the public parameters, through their wire form.
@@ -33,10 +37,10 @@ fn server() -> &'static PaperShe {
 }
 
 /// A doctor's instance: public parameters plus the key re-derived from the class key.
-fn doctor() -> &'static (PaperShe, SheKey) {
-    static DOCTOR: OnceLock<(PaperShe, SheKey)> = OnceLock::new();
+fn doctor() -> &'static (PaperSheClient, SheKey) {
+    static DOCTOR: OnceLock<(PaperSheClient, SheKey)> = OnceLock::new();
     DOCTOR.get_or_init(|| {
-        let doctor = PaperShe::from_params(owner().0.params().clone()).unwrap();
+        let doctor = PaperSheClient::from_params(owner().0.params().clone()).unwrap();
         let key = doctor
             .derive_key(&ClassKey::from_bytes([7; 32]), &INDEX_ID)
             .unwrap();
@@ -80,12 +84,12 @@ fn distances(xs: &[Vec<i64>], q: &[i64], weights: &[u32]) -> Vec<u128> {
         .decode_query(
             &frame_query(
                 &doctor
-                    .session_public(&session, &blindkd_engine::crypto::FIXED_PK_SEED)
+                    .session_public(&session, &blindkd_keys::crypto::FIXED_PK_SEED)
                     .unwrap(),
                 &sealed,
             ),
             dim,
-            &blindkd_engine::crypto::FIXED_PK_SEED,
+            &blindkd_keys::crypto::FIXED_PK_SEED,
         )
         .unwrap();
     let reply = srv.evaluate(&query, &prepared).unwrap();
@@ -267,7 +271,7 @@ const KAT_N_HASH_PREFIX: &str = "0714c8d19e65cda8";
 #[test]
 fn derive_key_checks_the_modulus() {
     let (owner_scheme, _) = owner();
-    let doctor = PaperShe::from_params(owner_scheme.params().clone()).unwrap();
+    let doctor = PaperSheClient::from_params(owner_scheme.params().clone()).unwrap();
     // Without a key the instance cannot seal a query.
     let err = doctor.seal_query(&(), &[1, 2, 1]).unwrap_err();
     assert!(err.to_string().contains("derive_key"), "{err}");
@@ -278,7 +282,7 @@ fn derive_key_checks_the_modulus() {
         k2: 40,
     };
     let (small, _) =
-        PaperShe::setup_with_sizes(&ClassKey::from_bytes([1; 32]), &INDEX_ID, sizes).unwrap();
+        PaperSheClient::setup_with_sizes(&ClassKey::from_bytes([1; 32]), &INDEX_ID, sizes).unwrap();
     let err = small
         .derive_key(&ClassKey::from_bytes([2; 32]), &INDEX_ID)
         .unwrap_err();
@@ -296,7 +300,7 @@ fn small_parameters_round_trip() {
         k2: 40,
     };
     let (scheme, key) =
-        PaperShe::setup_with_sizes(&ClassKey::from_bytes([3; 32]), &INDEX_ID, sizes).unwrap();
+        PaperSheClient::setup_with_sizes(&ClassKey::from_bytes([3; 32]), &INDEX_ID, sizes).unwrap();
     assert_eq!(scheme.max_factors(), 3);
     assert_eq!(scheme.exact_bound(), 1 << 38);
     let w = [1u32, 2];
@@ -314,7 +318,7 @@ fn small_parameters_round_trip() {
         .decode_query(
             &frame_query(&[], &sealed),
             2,
-            &blindkd_engine::crypto::FIXED_PK_SEED,
+            &blindkd_keys::crypto::FIXED_PK_SEED,
         )
         .unwrap();
     let reply = scheme
@@ -340,7 +344,7 @@ fn sealed_fixture(dim: usize) -> (SheBlock, Vec<u8>, Vec<u8>, QueryPlan) {
     let sealed = scheme.seal_query(&(), &plan.w).unwrap();
     let framed = frame_query(&[], &sealed);
     let q = server()
-        .decode_query(&framed, dim, &blindkd_engine::crypto::FIXED_PK_SEED)
+        .decode_query(&framed, dim, &blindkd_keys::crypto::FIXED_PK_SEED)
         .unwrap();
     let reply = server()
         .evaluate(&q, &server().prepare(&block, dim).unwrap())
@@ -384,7 +388,7 @@ fn malformed_queries_are_rejected() {
     // Every truncation, without panicking.
     for len in 0..framed.len() {
         let e = srv
-            .decode_query(&framed[..len], 3, &blindkd_engine::crypto::FIXED_PK_SEED)
+            .decode_query(&framed[..len], 3, &blindkd_keys::crypto::FIXED_PK_SEED)
             .err()
             .unwrap();
         assert!(is_malformed(&e), "len {len}: {e}");
@@ -393,13 +397,13 @@ fn malformed_queries_are_rejected() {
     let mut long = framed.clone();
     long.push(0);
     assert!(is_malformed(
-        &srv.decode_query(&long, 3, &blindkd_engine::crypto::FIXED_PK_SEED)
+        &srv.decode_query(&long, 3, &blindkd_keys::crypto::FIXED_PK_SEED)
             .err()
             .unwrap()
     ));
     // Wrong dimension: the count is checked before the length.
     let e = srv
-        .decode_query(&framed, 4, &blindkd_engine::crypto::FIXED_PK_SEED)
+        .decode_query(&framed, 4, &blindkd_keys::crypto::FIXED_PK_SEED)
         .err()
         .unwrap();
     assert!(
@@ -410,17 +414,17 @@ fn malformed_queries_are_rejected() {
     let mut bad = framed.clone();
     bad[8] ^= 1;
     assert!(is_malformed(
-        &srv.decode_query(&bad, 3, &blindkd_engine::crypto::FIXED_PK_SEED)
+        &srv.decode_query(&bad, 3, &blindkd_keys::crypto::FIXED_PK_SEED)
             .err()
             .unwrap()
     ));
     // A session public key, which paper-she does not have.
-    let (_, sealed) = blindkd_engine::crypto::unframe_query(&framed).unwrap();
+    let (_, sealed) = blindkd_keys::crypto::unframe_query(&framed).unwrap();
     let e = srv
         .decode_query(
             &frame_query(b"pk", sealed),
             3,
-            &blindkd_engine::crypto::FIXED_PK_SEED,
+            &blindkd_keys::crypto::FIXED_PK_SEED,
         )
         .err()
         .unwrap();
@@ -429,7 +433,7 @@ fn malformed_queries_are_rejected() {
     let mut huge = frame_query(&[], b"SHEq\x01");
     huge.extend_from_slice(&u32::MAX.to_le_bytes());
     assert!(is_malformed(
-        &srv.decode_query(&huge, 3, &blindkd_engine::crypto::FIXED_PK_SEED)
+        &srv.decode_query(&huge, 3, &blindkd_keys::crypto::FIXED_PK_SEED)
             .err()
             .unwrap()
     ));
@@ -439,7 +443,7 @@ fn malformed_queries_are_rejected() {
         let mut g = vec![0u8; len];
         rand::RngCore::fill_bytes(&mut r, &mut g);
         assert!(srv
-            .decode_query(&g, 3, &blindkd_engine::crypto::FIXED_PK_SEED)
+            .decode_query(&g, 3, &blindkd_keys::crypto::FIXED_PK_SEED)
             .is_err());
     }
 }

@@ -5,13 +5,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use blindkd_engine::crypto::mlhe::Mlhe;
-use blindkd_engine::crypto::plain::Plain;
-use blindkd_engine::crypto::ClientScheme;
 use blindkd_engine::encoding::{squared_distance, Column, Schema};
 use blindkd_engine::index::SchemeParams;
-use blindkd_engine::owner::{build_index, BuildOptions, Bundle, OwnerKey, OwnerRecord};
-use blindkd_engine::protocol::{
+use blindkd_keys::crypto::mlhe::Mlhe;
+use blindkd_keys::crypto::plain::Plain;
+use blindkd_keys::crypto::ClientScheme;
+use blindkd_keys::owner::{build_index, BuildOptions, Bundle, OwnerKey, OwnerRecord};
+use blindkd_keys::protocol::{
     new_query_client, open_index_bytes, run_in_process, Access, BatchPolicy, HostedIndex, Limits,
     PayloadRequest, QueryKind, Unmetered,
 };
@@ -93,7 +93,7 @@ fn all_access(f: &Fixture) -> Access {
         max_radius: f64::INFINITY,
         max_blocks: u32::MAX,
         max_results: u32::MAX,
-        pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
+        pk_seed: blindkd_keys::crypto::FIXED_PK_SEED,
     }
 }
 
@@ -491,7 +491,7 @@ fn wisconsin_held_out_patient() {
 /// whether it is named in the start request or smuggled into a block request.
 #[test]
 fn scope_a_never_touches_class_b_on_the_wire() {
-    use blindkd_engine::protocol::{BlockRef, BlockRequest, StartReply, StartRequest, Step};
+    use blindkd_keys::protocol::{BlockRef, BlockRequest, StartReply, StartRequest, Step};
     let m = Mlhe::new().unwrap();
     let p = SchemeParams::Mlhe(m.params());
     let f = fixture(
@@ -518,7 +518,7 @@ fn scope_a_never_touches_class_b_on_the_wire() {
         )
         .unwrap();
         let req = client
-            .start_request(&blindkd_engine::crypto::FIXED_PK_SEED)
+            .start_request(&blindkd_keys::crypto::FIXED_PK_SEED)
             .unwrap();
         let started = f
             .index
@@ -598,7 +598,7 @@ fn scope_a_never_touches_class_b_on_the_wire() {
     .unwrap();
     let req: StartRequest = postcard::from_bytes(
         &client
-            .start_request(&blindkd_engine::crypto::FIXED_PK_SEED)
+            .start_request(&blindkd_keys::crypto::FIXED_PK_SEED)
             .unwrap(),
     )
     .unwrap();
@@ -620,11 +620,12 @@ fn scope_a_never_touches_class_b_on_the_wire() {
 #[cfg(feature = "paper-she")]
 #[test]
 fn paper_she_matches_brute_force() {
-    use blindkd_engine::crypto::she::PaperShe;
-    use blindkd_engine::crypto::SchemeId;
+    use blindkd_keys::crypto::she::PaperSheClient;
+    use blindkd_keys::crypto::SchemeId;
     let owner = OwnerKey::generate("she-hospital").unwrap();
     let index_id = [9u8; 16];
-    let (she, _key) = PaperShe::setup(&owner.class_key(SchemeId::PaperShe, ""), &index_id).unwrap();
+    let (she, _key) =
+        PaperSheClient::setup(&owner.class_key(SchemeId::PaperShe, ""), &index_id).unwrap();
     let params = SchemeParams::PaperShe(she.param_bytes().unwrap());
     let s = schema(4, 1.0, 16, None);
     let records = records_from(points(120, 4, Dist::Clustered, 33), &["a", "b"]);

@@ -1,7 +1,7 @@
 //! Shared fixtures of the token tests.
 #![allow(dead_code, unreachable_pub)]
 
-use blindkd_engine::token::{
+use blindkd_keys::token::{
     issue, Claims, DeviceKey, DevicePublic, IssuerKey, IssuerPublic, Issuers, QueryKind, Scope,
 };
 

@@ -1,10 +1,9 @@
 //! Issuing and verifying access tokens; every refusal code.
-#![cfg(feature = "client")]
 #![allow(clippy::unwrap_used)]
 
 mod token_common;
 
-use blindkd_engine::token::{
+use blindkd_keys::token::{
     codes, decode_unverified, issue, qr_version, verify, IssuerKey, IssuerPublic, Issuers,
     CLOCK_SKEW_SECS,
 };
@@ -276,12 +275,12 @@ fn debug_prints_no_secret() {
     assert!(shown.contains(&hex::encode(key.public().to_bytes())));
 
     let seed = [0x4d; 32];
-    let device = blindkd_engine::token::DeviceKey::from_seed(&seed);
+    let device = blindkd_keys::token::DeviceKey::from_seed(&seed);
     let shown = format!("{device:?} {device:#?}");
     let derived = [
         seed,
-        blake3::derive_key(blindkd_engine::crypto::domain::DEVICE_ED25519, &seed),
-        blake3::derive_key(blindkd_engine::crypto::domain::DEVICE_X25519, &seed),
+        blake3::derive_key(blindkd_keys::crypto::domain::DEVICE_ED25519, &seed),
+        blake3::derive_key(blindkd_keys::crypto::domain::DEVICE_X25519, &seed),
     ];
     for secret in derived {
         assert!(!shown.contains(&hex::encode(secret)), "{shown}");
@@ -310,7 +309,7 @@ fn names_with_control_characters_are_refused() {
         let e = c.validate().expect_err(field);
         assert_eq!(code(e), "malformed_token", "{field}");
         assert!(
-            blindkd_engine::token::issue(&issuer_key(1), &c).is_err(),
+            blindkd_keys::token::issue(&issuer_key(1), &c).is_err(),
             "{field}: issued"
         );
     }

@@ -9,7 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::response::IntoResponse;
 use blindkd_engine::protocol::{BlockRef, BlockReply, BlockRequest, QueryKind};
-use blindkd_engine::token::DeviceKey;
+use blindkd_keys::token::DeviceKey;
 use blindkd_server::error::CODES;
 use blindkd_server::{admin_app, app, ApiError, AppState, ServerLimits};
 use blindkd_tests::{entry, metric_value, plain, start_request, Fixture};

@@ -1,12 +1,11 @@
 //! QR rendering and scanning, including "photographed" images.
-#![cfg(feature = "client")]
 #![allow(clippy::unwrap_used)]
 
 mod token_common;
 
 use std::io::Cursor;
 
-use blindkd_engine::token::{render_qr_png, render_qr_svg, scan_qr};
+use blindkd_keys::token::{render_qr_png, render_qr_svg, scan_qr};
 use image::{imageops, DynamicImage, GrayImage, ImageFormat, Luma};
 use token_common::*;
 

@@ -3,7 +3,7 @@
 //! harness the cargo-fuzz target runs (`fuzz/src/session.rs`).
 //!
 //! Regenerate the seeds (deterministic) with
-//! `cargo test -p blindkd-server --test fuzz_session -- --ignored generate_seed_corpus`.
+//! `cargo test -p blindkd-tests --test fuzz_session -- --ignored generate_seed_corpus`.
 #![allow(clippy::unwrap_used, unreachable_pub, dead_code)]
 
 #[path = "../../fuzz/src/session.rs"]

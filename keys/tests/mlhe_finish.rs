@@ -2,9 +2,9 @@
 //! every output is freshly re-randomised and flooded, and the division attack learns nothing.
 #![allow(clippy::unwrap_used)]
 
-use blindkd_engine::crypto::mlhe::{Mlhe, DEGREE};
-use blindkd_engine::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef, Scheme};
 use blindkd_engine::encoding::{augment, squared_distance, QueryPlan};
+use blindkd_keys::crypto::mlhe::{Mlhe, DEGREE};
+use blindkd_keys::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef, Scheme};
 use fhe::bfv::{BfvParametersBuilder, Ciphertext};
 use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
 use fhe_traits::Serialize as _;
@@ -18,8 +18,8 @@ fn block(
 ) -> (
     Vec<Vec<i64>>,
     Vec<RowRef>,
-    blindkd_engine::crypto::mlhe::MlheBlock,
-    blindkd_engine::crypto::mlhe::MlheKey,
+    blindkd_keys::crypto::mlhe::MlheBlock,
+    blindkd_keys::crypto::mlhe::MlheKey,
 ) {
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     let xs: Vec<Vec<i64>> = (0..n)
@@ -60,12 +60,12 @@ fn every_evaluation_is_freshly_randomised() {
     let query = m
         .decode_query(
             &frame_query(
-                &m.session_public(&s, &blindkd_engine::crypto::FIXED_PK_SEED)
+                &m.session_public(&s, &blindkd_keys::crypto::FIXED_PK_SEED)
                     .unwrap(),
                 &m.seal_query(&s, &plan.w).unwrap(),
             ),
             d,
-            &blindkd_engine::crypto::FIXED_PK_SEED,
+            &blindkd_keys::crypto::FIXED_PK_SEED,
         )
         .unwrap();
     let r1 = m.evaluate(&query, &prepared).unwrap();
@@ -123,14 +123,14 @@ fn division_attack_recovers_nothing() {
     // An honest session key, and `b = 0` (which, when the client also chose `a`, made pk = (0, 0)
     // and switched re-randomisation off): `a` is the server's now, so neither helps.
     for pk in [
-        m.session_public(&s, &blindkd_engine::crypto::FIXED_PK_SEED)
+        m.session_public(&s, &blindkd_keys::crypto::FIXED_PK_SEED)
             .unwrap(),
         Poly::zero(&ctx, Representation::Ntt).to_bytes(),
     ] {
         let bytes = frame_query(&pk, &postcard::to_allocvec(&parts).unwrap());
         let reply = m
             .evaluate(
-                &m.decode_query(&bytes, d, &blindkd_engine::crypto::FIXED_PK_SEED)
+                &m.decode_query(&bytes, d, &blindkd_keys::crypto::FIXED_PK_SEED)
                     .unwrap(),
                 &prepared,
             )

@@ -2,25 +2,24 @@
 //! absurd length, and checksum-valid but inconsistent body must give a clear `Error`, never a
 //! panic or a huge allocation. Plus the compatibility test: a checked-in format-v1 index
 //! (`tests/fixtures/v1-plain.bkd`) must still open and answer the recorded query.
-#![cfg(feature = "client")]
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
-use blindkd_engine::crypto::mlhe::{Mlhe, MlheBlock};
-use blindkd_engine::crypto::plain::{Plain, PlainBlock};
-use blindkd_engine::crypto::ClientScheme;
 use blindkd_engine::encoding::{Column, Schema};
 use blindkd_engine::index::{
     encode_file, split_file, summarize, IndexBody, IndexHeader, SchemeParams, FORMAT_VERSION,
 };
-use blindkd_engine::owner::{build_index, BuildOptions, OwnerKey, OwnerRecord};
-use blindkd_engine::protocol::{
+use blindkd_engine::tree::ShapeNode;
+use blindkd_engine::Error;
+use blindkd_keys::crypto::mlhe::{Mlhe, MlheBlock};
+use blindkd_keys::crypto::plain::{Plain, PlainBlock};
+use blindkd_keys::crypto::ClientScheme;
+use blindkd_keys::owner::{build_index, BuildOptions, OwnerKey, OwnerRecord};
+use blindkd_keys::protocol::{
     new_query_client, open_index_bytes, run_with_payloads, Access, BatchPolicy, Limits, QueryKind,
     Unmetered,
 };
-use blindkd_engine::tree::ShapeNode;
-use blindkd_engine::Error;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::de::DeserializeOwned;
@@ -704,7 +703,7 @@ fn run_query(bytes: &[u8], owner: &OwnerKey, kind: QueryKind) -> (Vec<Hit3>, Vec
         max_radius: 1e9,
         max_blocks: u32::MAX,
         max_results: u32::MAX,
-        pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
+        pk_seed: blindkd_keys::crypto::FIXED_PK_SEED,
     };
     let mut client =
         new_query_client(entry, kind, &COMPAT_QUERY, vec![], BatchPolicy::default()).unwrap();
@@ -739,7 +738,7 @@ struct Expected {
 }
 
 /// Regenerates the fixture. Run once, by hand, only when deliberately adding a format version:
-/// `cargo test -p blindkd-engine --test index_format -- --ignored generate_v1_plain_fixture`.
+/// `cargo test -p blindkd-keys --test index_format -- --ignored generate_v1_plain_fixture`.
 /// The checked-in files must then be *kept* for the old-version reader test.
 #[test]
 #[ignore]
@@ -921,10 +920,10 @@ fn plain_extreme_rows_and_query_do_not_panic() {
     .unwrap();
     let w = vec![i64::MAX; header.dim as usize + 1];
     let q = postcard::to_allocvec(&w).unwrap();
-    let req = postcard::to_allocvec(&blindkd_engine::protocol::StartRequest {
+    let req = postcard::to_allocvec(&blindkd_keys::protocol::StartRequest {
         kind: QueryKind::Knn { k: 1 },
         classes: vec![],
-        query: blindkd_engine::crypto::frame_query(&[], &q),
+        query: blindkd_keys::crypto::frame_query(&[], &q),
     })
     .unwrap();
     let access = Access {
@@ -935,12 +934,12 @@ fn plain_extreme_rows_and_query_do_not_panic() {
         max_radius: 1.0,
         max_blocks: u32::MAX,
         max_results: u32::MAX,
-        pk_seed: blindkd_engine::crypto::FIXED_PK_SEED,
+        pk_seed: blindkd_keys::crypto::FIXED_PK_SEED,
     };
     let started = index.start(&access, &req, &mut Unmetered).unwrap();
     let mut h = started.handle;
-    let req = postcard::to_allocvec(&blindkd_engine::protocol::BlockRequest {
-        blocks: vec![blindkd_engine::protocol::BlockRef {
+    let req = postcard::to_allocvec(&blindkd_keys::protocol::BlockRequest {
+        blocks: vec![blindkd_keys::protocol::BlockRef {
             class_idx: 0,
             leaf: 0,
         }],

@@ -1,4 +1,4 @@
-//! The data owner's side (feature `client`): the owner key, index building, and doctors' key bundles.
+//! The data owner's side: the owner key, index building, and doctors' key bundles.
 //!
 //! The owner key holds two 32-byte secrets: the token-signing seed and the master secret from which
 //! every class key derives (`class key = KDF(master, class)`; mask, radius and payload keys derive from
@@ -14,10 +14,11 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use blindkd_engine::encoding::{augment, Schema};
+use blindkd_engine::index::{ClassIndex, IndexBody, IndexHeader, IndexId, LeafBlock, SchemeParams};
+use blindkd_engine::tree::{ShapeNode, TreeBuilder};
+
 use crate::crypto::{aead, domain, ClassKey, ClientScheme, RowDomain, RowRef, SchemeId};
-use crate::encoding::{augment, Schema};
-use crate::index::{ClassIndex, IndexBody, IndexHeader, IndexId, LeafBlock, SchemeParams};
-use crate::tree::{ShapeNode, TreeBuilder};
 use crate::{Error, Result};
 
 const KEY_FILE_TAG: &str = "blindkd-owner-key-v1";
@@ -99,7 +100,7 @@ impl OwnerKey {
         &self.issuer
     }
 
-    /// The Ed25519 token-signing seed (for [`crate::token`]).
+    /// The Ed25519 token-signing seed (for [`crate::token::IssuerKey`]).
     pub fn signing_seed(&self) -> &[u8; 32] {
         &self.signing_seed
     }
@@ -134,7 +135,7 @@ impl OwnerKey {
     /// Writes the key file atomically with mode 0600.
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = self.to_file_bytes()?;
-        crate::atomic::write_private(path, &bytes)
+        blindkd_engine::atomic::write_private(path, &bytes)
     }
 
     /// Loads a key file, refusing one that group or others can read.
@@ -176,7 +177,7 @@ impl OwnerKey {
         self.indexes
             .iter()
             .rev()
-            .find(|r| crate::index::id_hex(&r.index_id) == which || r.name == which)
+            .find(|r| blindkd_engine::index::id_hex(&r.index_id) == which || r.name == which)
     }
 
     /// Builds the sealed key bundle for a doctor: for every index (or the one named) the schema,
@@ -185,7 +186,7 @@ impl OwnerKey {
         let mut entries = Vec::new();
         for rec in &self.indexes {
             if let Some(w) = index {
-                if crate::index::id_hex(&rec.index_id) != w && rec.name != w {
+                if blindkd_engine::index::id_hex(&rec.index_id) != w && rec.name != w {
                     continue;
                 }
             }
@@ -412,7 +413,7 @@ pub struct BuildOutput<B> {
 impl<B: Serialize> BuildOutput<B> {
     /// The index file bytes.
     pub fn to_file_bytes(&self) -> Result<Vec<u8>> {
-        crate::index::encode_file(&self.header, &self.body)
+        blindkd_engine::index::encode_file(&self.header, &self.body)
     }
 }
 

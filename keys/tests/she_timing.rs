@@ -1,19 +1,19 @@
 //! Timing of paper-she at the published parameters. Prints, asserts nothing about speed.
-//! Run: `cargo test --release -p blindkd-engine --features paper-she --test she_timing -- --ignored --nocapture`
-#![cfg(all(feature = "paper-she", feature = "client"))]
+//! Run: `cargo test --release -p blindkd-keys --features paper-she --test she_timing -- --ignored --nocapture`
+#![cfg(feature = "paper-she")]
 #![allow(clippy::unwrap_used)]
 
 use std::time::Instant;
 
-use blindkd_engine::crypto::she::PaperShe;
-use blindkd_engine::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef, Scheme};
 use blindkd_engine::encoding::{augment, QueryPlan};
+use blindkd_keys::crypto::she::PaperSheClient;
+use blindkd_keys::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef, Scheme};
 
 #[test]
 #[ignore = "timing; run with --release --ignored --nocapture"]
 fn per_record_costs() {
     let t = Instant::now();
-    let (scheme, key) = PaperShe::setup(&ClassKey::from_bytes([9; 32]), &[3; 16]).unwrap();
+    let (scheme, key) = PaperSheClient::setup(&ClassKey::from_bytes([9; 32]), &[3; 16]).unwrap();
     println!("keygen (k0=1024): {:?}", t.elapsed());
 
     for dim in [10usize, 32] {
@@ -45,7 +45,7 @@ fn per_record_costs() {
             .decode_query(
                 &frame_query(&[], &sealed),
                 dim,
-                &blindkd_engine::crypto::FIXED_PK_SEED,
+                &blindkd_keys::crypto::FIXED_PK_SEED,
             )
             .unwrap();
         let reps = 3;

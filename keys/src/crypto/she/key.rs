@@ -73,11 +73,7 @@ impl SheKey {
             p,
             q,
             l,
-            minus_one: SheCiphertext {
-                value: BigUint::default(),
-                factors: 1,
-                residue_bits: 2 * sizes.k2,
-            },
+            minus_one: SheCiphertext::from_parts(BigUint::default(), 1, 2 * sizes.k2),
         };
         secret.minus_one = secret.encrypt(-1, &mut rng)?;
         Ok(SheKey {
@@ -161,10 +157,6 @@ impl SheSecret {
         for x in [&mut r, &mut r2, &mut e, &mut blind] {
             wipe(x);
         }
-        Ok(SheCiphertext {
-            value,
-            factors: 1,
-            residue_bits: 2 * k2,
-        })
+        Ok(SheCiphertext::from_parts(value, 1, 2 * k2))
     }
 }

@@ -1,12 +1,11 @@
 //! Random and mutated input to every decoder of untrusted bytes: errors, never panics.
-#![cfg(feature = "client")]
 #![allow(clippy::unwrap_used)]
 
 mod token_common;
 
 use std::io::Cursor;
 
-use blindkd_engine::token::{
+use blindkd_keys::token::{
     decode_unverified, open_sealed, render_qr_png, scan_qr, seal_to_device, verify, verify_pop,
 };
 use image::{DynamicImage, GrayImage, ImageFormat, Luma};

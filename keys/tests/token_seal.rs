@@ -1,11 +1,10 @@
 //! Sealing key bundles to a device.
-#![cfg(feature = "client")]
 #![allow(clippy::unwrap_used)]
 
 mod token_common;
 
-use blindkd_engine::token::{open_sealed, seal_to_device};
 use blindkd_engine::Error;
+use blindkd_keys::token::{open_sealed, seal_to_device};
 use token_common::*;
 
 #[test]

@@ -1,10 +1,9 @@
 //! Proof of possession and device keys.
-#![cfg(feature = "client")]
 #![allow(clippy::unwrap_used)]
 
 mod token_common;
 
-use blindkd_engine::token::{codes, issue, verify, verify_pop, DeviceKey, DevicePublic};
+use blindkd_keys::token::{codes, issue, verify, verify_pop, DeviceKey, DevicePublic};
 use token_common::*;
 
 const NONCE: [u8; 32] = [0x11; 32];

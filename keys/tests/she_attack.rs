@@ -1,13 +1,13 @@
 //! The break of paper-she, reproduced: from N, three ciphertexts of unknown messages and a few
 //! ciphertexts of known messages (the stored E(−1), encryptions of 0), recover p and L and decrypt
 //! a fresh ciphertext.
-#![cfg(all(feature = "paper-she", feature = "client"))]
+#![cfg(feature = "paper-she")]
 #![allow(clippy::unwrap_used)]
 
 use std::time::Instant;
 
-use blindkd_engine::crypto::she::attack::{factor_modulus, recover_key};
-use blindkd_engine::crypto::she::{SheKey, SheSizes};
+use blindkd_keys::crypto::she::attack::{factor_modulus, recover_key};
+use blindkd_keys::crypto::she::{SheKey, SheSizes};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 

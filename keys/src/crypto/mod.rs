@@ -1,0 +1,80 @@
+//! The key-holding side of the schemes (DESIGN §3): class keys and [`ClientScheme`].
+//!
+//! Re-exports the engine's [`blindkd_engine::crypto`] (the keyless [`Scheme`] side) and adds what
+//! holds keys: the data owner seals blocks, the doctor seals a query and opens a reply.
+
+pub mod aead;
+pub mod mlhe;
+pub mod plain;
+#[cfg(feature = "paper-she")]
+pub mod she;
+
+pub use blindkd_engine::crypto::*;
+
+use blindkd_engine::encoding::QueryPlan;
+use blindkd_engine::Result;
+
+/// The key-holding side of a scheme: the data owner seals, the doctor queries and opens.
+pub trait ClientScheme: Scheme {
+    /// Per-class key material derived from a [`ClassKey`] (mlhe: the mask PRF key).
+    type Key: Send + Sync;
+    /// Per-session client secrets (mlhe: a fresh BFV secret key).
+    type Session: Send + Sync;
+
+    /// Derives the key material of one class for one index.
+    fn derive_key(&self, class_key: &ClassKey, index_id: &[u8; 16]) -> Result<Self::Key>;
+    /// Seals augmented rows into one block. `rows.len() ≤ block_capacity()`.
+    fn seal_block(&self, key: &Self::Key, rows: &[(RowRef, Vec<i64>)]) -> Result<Self::Block>;
+    /// Starts a session with fresh secrets.
+    fn new_session(&self) -> Result<Self::Session>;
+    /// Public session material the server needs (mlhe: the `b` of the session public key, whose
+    /// `a` the server derives from `pk_seed`), as bytes.
+    fn session_public(&self, session: &Self::Session, pk_seed: &PkSeed) -> Result<Vec<u8>>;
+    /// Seals the query functional `w` (length `dim + 1`).
+    fn seal_query(&self, session: &Self::Session, w: &[i64]) -> Result<Vec<u8>>;
+    /// Opens a reply for the given rows (in block order) into exact squared distances
+    /// `⟨a_j, w⟩ + q_norm`.
+    fn open(
+        &self,
+        key: &Self::Key,
+        session: &Self::Session,
+        reply: &[u8],
+        plan: &QueryPlan,
+        rows: &[RowRef],
+    ) -> Result<Vec<u128>>;
+}
+
+/// A 32-byte per-class secret from which each scheme derives its key material.
+/// Zeroized on drop, never printed, not `Serialize`.
+#[derive(zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct ClassKey([u8; 32]);
+
+impl ClassKey {
+    /// Wraps raw key bytes.
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        ClassKey(b)
+    }
+    /// A fresh random key from the OS CSPRNG.
+    pub fn random() -> Self {
+        let mut b = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
+        ClassKey(b)
+    }
+    /// The raw bytes, for the owner key file and the sealed bundle only.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+    /// Derives a 32-byte subkey for `context` (a constant from [`domain`]) and `salt`.
+    pub fn derive(&self, context: &str, salt: &[u8]) -> zeroize::Zeroizing<[u8; 32]> {
+        let mut h = blake3::Hasher::new_derive_key(context);
+        h.update(&self.0);
+        h.update(salt);
+        zeroize::Zeroizing::new(*h.finalize().as_bytes())
+    }
+}
+
+impl std::fmt::Debug for ClassKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClassKey(<redacted>)")
+    }
+}
