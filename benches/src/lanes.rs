@@ -220,7 +220,7 @@ impl<S: ClientScheme> ScanLane<S> {
             let ck = owner.class_key(S::ID, &cls.class);
             keys.push(server.scheme.derive_key(&ck, &built.record.index_id)?);
             let mut per_leaf = Vec::with_capacity(cls.shape.leaves.len());
-            for &node in &cls.shape.leaves {
+            for (leaf, &node) in cls.shape.leaves.iter().enumerate() {
                 let ShapeNode::Leaf {
                     first_slot,
                     rows: n,
@@ -231,9 +231,11 @@ impl<S: ClientScheme> ScanLane<S> {
                 };
                 per_leaf.push(
                     (first_slot..first_slot + n as u64)
-                        .map(|id| RowRef {
+                        .zip(&cls.record_ids[leaf])
+                        .map(|(id, &record)| RowRef {
                             domain: RowDomain::Leaf,
                             id,
+                            record,
                         })
                         .collect(),
                 );

@@ -35,6 +35,7 @@ pub fn rows(n: usize, d: usize, seed: u64) -> Vec<(RowRef, Vec<i64>)> {
                 RowRef {
                     domain: RowDomain::Leaf,
                     id: j as u64,
+                    record: j as u64,
                 },
                 augment(&x, &w),
             )
@@ -105,7 +106,7 @@ impl Product {
         let p = Mlhe::new()?.params();
         let par = fhe::bfv::BfvParametersBuilder::new()
             .set_degree(p.degree as usize)
-            .set_plaintext_modulus(1u64 << p.t_bits)
+            .set_plaintext_modulus(p.t)
             .set_moduli_sizes(&p.moduli_bits.map(|b| b as usize))
             .build_arc()?;
         let ctx = par.context_at_level(0)?.clone();

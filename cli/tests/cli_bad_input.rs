@@ -345,7 +345,7 @@ fn inspect_and_index_bytes_show_no_plaintext() {
     let raw = split_file(&bytes, Path::new("secret.bkd")).unwrap();
     assert_eq!(raw.header.dim, 2);
     let body: IndexBody<MlheBlock> = parse_body(&raw, Path::new("secret.bkd")).unwrap();
-    let t: i64 = 1 << 40;
+    let t = blindkd_engine::crypto::mlhe::PLAINTEXT_MODULUS as i64;
     let csv = secret_csv();
     let mut plain: Vec<i64> = Vec::new();
     for line in csv.lines().skip(1) {
@@ -370,7 +370,9 @@ fn inspect_and_index_bytes_show_no_plaintext() {
             }
         }
     }
-    assert_eq!(stored, 41 * 3);
+    // 41 records and one check row per leaf block, 3 columns each.
+    let blocks: usize = body.classes.iter().map(|c| c.leaves.len()).sum();
+    assert_eq!(stored, (41 + blocks) * 3);
     // Payload text is sealed, not stored.
     for leaf in &body.classes[0].leaves {
         for p in &leaf.payloads {

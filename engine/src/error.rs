@@ -51,6 +51,11 @@ pub enum Error {
         /// Human detail.
         detail: String,
     },
+    /// A reply from the query server failed verification (issue 17): its structure does not match
+    /// the request or the bundle, or a check value does not match. The client discards the whole
+    /// answer; the detail is for logs, and the code is always `integrity`.
+    #[error("the server's reply failed verification and was discarded ({0})")]
+    Integrity(String),
     /// An I/O error with the path involved.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -21,7 +21,13 @@ use crate::tree::{ShapeNode, TreeShape};
 use crate::{Error, Result};
 
 /// Current on-disk format version. Bump on any incompatible change and keep a reader for the old one.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 (issue 17): mlhe uses a prime plaintext modulus and a check row per block. Version 1
+/// `plain` indexes still open; version 1 `mlhe` indexes cannot be verified by a client and are
+/// refused with a message to rebuild them.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"BLINDKD\0";
 /// Footer magic.
@@ -311,9 +317,10 @@ pub fn split_file<'a>(bytes: &'a [u8], path: &Path) -> Result<RawIndex<'a>> {
         return Err(corrupt("not a blindkd index (bad magic)".into()));
     }
     let version = u32::from_le_bytes(take4(bytes, 8));
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(Error::UnsupportedVersion(format!(
-            "{}: index format version {version}; this build reads version {FORMAT_VERSION}",
+            "{}: index format version {version}; this build reads versions \
+             {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}",
             path.display()
         )));
     }
@@ -341,6 +348,13 @@ pub fn split_file<'a>(bytes: &'a [u8], path: &Path) -> Result<RawIndex<'a>> {
     if sum.as_bytes() != &bytes[body_end..body_end + 32] {
         return Err(corrupt("checksum mismatch: the file is corrupt".into()));
     }
+    if version == 1 && header_scheme_is_mlhe(&bytes[16..hend]) {
+        return Err(Error::UnsupportedVersion(format!(
+            "{}: a format version 1 mlhe index (t = 2^40, no check rows), which a client cannot \
+             verify; rebuild it with `blindkd index`",
+            path.display()
+        )));
+    }
     let header: IndexHeader =
         from_exact_bytes(&bytes[16..hend]).map_err(|e| corrupt(format!("header: {e}")))?;
     Ok(RawIndex {
@@ -348,6 +362,12 @@ pub fn split_file<'a>(bytes: &'a [u8], path: &Path) -> Result<RawIndex<'a>> {
         header,
         body: &bytes[body_start..body_end],
     })
+}
+
+/// Whether a header's scheme is mlhe: the header starts with the 16-byte index id, then the
+/// `SchemeParams` variant index (postcard varint; 1 = `Mlhe`).
+fn header_scheme_is_mlhe(header: &[u8]) -> bool {
+    header.get(16) == Some(&1)
 }
 
 /// Parses `bytes` as exactly one postcard value: trailing bytes are refused (postcard's
@@ -608,8 +628,8 @@ fn summarize_body<B: serde::de::DeserializeOwned>(
         params: match &h.scheme {
             SchemeParams::Plain => "none (plaintext: NOT confidential)".into(),
             SchemeParams::Mlhe(p) => format!(
-                "BFV N={} t=2^{} q={:?} bits, flood 2^{}",
-                p.degree, p.t_bits, p.moduli_bits, p.flood_bits
+                "BFV N={} t={} (prime) q={:?} bits, flood 2^{}, one check row per block",
+                p.degree, p.t, p.moduli_bits, p.flood_bits
             ),
             SchemeParams::PaperShe(_) => "paper-she (INSECURE baseline)".into(),
         },

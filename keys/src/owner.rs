@@ -501,6 +501,7 @@ pub fn build_index<S: ClientScheme>(
                     RowRef {
                         domain: RowDomain::Pivot,
                         id: v as u64,
+                        record: 0,
                     },
                     augment(p, &weights),
                 )
@@ -535,14 +536,15 @@ pub fn build_index<S: ClientScheme>(
                 for slot in slots {
                     let rec_idx = members[tree.order[slot as usize]];
                     let rec = &records[rec_idx];
+                    let rid = opaque[rec_idx];
                     sealed_rows.push((
                         RowRef {
                             domain: RowDomain::Leaf,
                             id: slot,
+                            record: rid,
                         },
                         augment(&rec.x, &weights),
                     ));
-                    let rid = opaque[rec_idx];
                     ids.push(rid);
                     let mut body = payload_body(rec)?;
                     pad_payload(&mut body, uniform);

@@ -439,6 +439,7 @@ impl<S: ClientScheme> QueryClient for Driver<S> {
                     .map(|v| RowRef {
                         domain: RowDomain::Pivot,
                         id: v as u64,
+                        record: 0,
                     })
                     .collect();
                 d2.extend(
@@ -519,10 +520,14 @@ impl<S: ClientScheme> QueryClient for Driver<S> {
                 (&self.scheme, &self.keys, &self.session, &self.plan);
             work.par_iter()
                 .map(|(cand, class, eb)| {
+                    // The record ids the server claims are bound into the masks and check
+                    // weights: a wrong one fails the block's check.
                     let rows: Vec<RowRef> = (cand.first_slot..cand.first_slot + cand.rows as u64)
-                        .map(|s| RowRef {
+                        .zip(&eb.record_ids)
+                        .map(|(s, &record)| RowRef {
                             domain: RowDomain::Leaf,
                             id: s,
+                            record,
                         })
                         .collect();
                     scheme.open(&keys[class].key, session, &eb.reply, plan, &rows)

@@ -335,7 +335,10 @@ where
     assert!(
         matches!(
             e,
-            Error::DataCorruption { .. } | Error::Malformed { .. } | Error::UnsupportedVersion(_)
+            Error::DataCorruption { .. }
+                | Error::Malformed { .. }
+                | Error::UnsupportedVersion(_)
+                | Error::LimitExceeded(_)
         ),
         "{what}: {e:?}"
     );
@@ -575,7 +578,7 @@ fn checksum_valid_but_inconsistent_mlhe_body_is_refused() {
         }
     });
     r("mlhe value ≥ t", &|_, b| {
-        b.classes[0].leaves[0].block.cols[1][0] = 1 << 40;
+        b.classes[0].leaves[0].block.cols[1][0] = blindkd_keys::crypto::mlhe::PLAINTEXT_MODULUS;
     });
     r("mlhe value u64::MAX", &|_, b| {
         b.classes[1].pivot_blocks[0].cols[0][0] = u64::MAX;
@@ -585,7 +588,7 @@ fn checksum_valid_but_inconsistent_mlhe_body_is_refused() {
     });
     r("mlhe non-default parameters", &|h, _| {
         if let SchemeParams::Mlhe(p) = &mut h.scheme {
-            p.t_bits = 60;
+            p.t = 1 << 40;
         }
     });
     r("mlhe flood bits changed", &|h, _| {
@@ -773,7 +776,17 @@ fn generate_v1_plain_fixture() {
         serde_json::to_string_pretty(&expected).unwrap() + "\n",
     )
     .unwrap();
-    // A small mlhe index for the fuzz corpus / regression replay (not a compatibility promise).
+}
+
+/// The small mlhe index of the fuzz corpus and regression replay (not a compatibility promise;
+/// regenerate it whenever the mlhe format changes):
+/// `cargo test -p blindkd-keys --test index_format -- --ignored generate_small_mlhe_fixture`.
+#[test]
+#[ignore]
+fn generate_small_mlhe_fixture() {
+    let dir = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let owner = compat_owner(tmp.path());
     let m = Mlhe::new().unwrap();
     let p = SchemeParams::Mlhe(m.params());
     let out = build_index(

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use blindkd_engine::encoding::{augment, squared_distance, QueryPlan};
-use blindkd_keys::crypto::mlhe::{Mlhe, DEGREE};
+use blindkd_keys::crypto::mlhe::{Mlhe, CHECK_ROWS, DEGREE, PLAINTEXT_MODULUS};
 use blindkd_keys::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef, Scheme};
 use fhe::bfv::{BfvParametersBuilder, Ciphertext};
 use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
@@ -36,6 +36,7 @@ fn block(
                 RowRef {
                     domain: RowDomain::Leaf,
                     id: j as u64,
+                    record: 0,
                 },
                 augment(x, &vec![1; d]),
             )
@@ -92,11 +93,11 @@ fn every_evaluation_is_freshly_randomised() {
 fn division_attack_recovers_nothing() {
     let m = Mlhe::new().unwrap();
     let d = 2;
-    let (_, _, b, _) = block(&m, DEGREE, d);
+    let (_, _, b, _) = block(&m, DEGREE - CHECK_ROWS, d);
     let prepared = m.prepare(&b, d).unwrap();
     let par = BfvParametersBuilder::new()
         .set_degree(DEGREE)
-        .set_plaintext_modulus(1 << 40)
+        .set_plaintext_modulus(PLAINTEXT_MODULUS)
         .set_moduli_sizes(&[60, 60, 60])
         .build_arc()
         .unwrap();
@@ -141,7 +142,7 @@ fn division_attack_recovers_nothing() {
             .unwrap()
             .moduli_operators()[0];
         let c1_out = q0.deserialize_vec(&reply[4 + pb..4 + 2 * pb]);
-        let t = 1i64 << 40;
+        let t = PLAINTEXT_MODULUS as i64;
         let q0v = moduli[0] as i64;
         let hits = c1_out
             .iter()

@@ -56,6 +56,7 @@ fn leaf(id: u64) -> RowRef {
     RowRef {
         domain: RowDomain::Leaf,
         id,
+        record: 0,
     }
 }
 

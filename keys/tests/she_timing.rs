@@ -28,6 +28,7 @@ fn per_record_costs() {
                     RowRef {
                         domain: RowDomain::Leaf,
                         id: i as u64,
+                        record: 0,
                     },
                     augment(&x, &w),
                 )

@@ -17,7 +17,7 @@
 //! `(d+1)`-ciphertext upload (~2 MB at d = 10) once per query.
 //!
 //! Parameters: N = 8192, three 60-bit primes (log q = 180 ≤ 218, the 128-bit HE-standard bound at
-//! N = 8192), t = 2^40. `t < q₀` is checked (fhe 0.1.1 does not and silently decrypts garbage).
+//! N = 8192), t the prime [`PLAINTEXT_MODULUS`] just below 2^40. `t < q₀` is checked (fhe 0.1.1 does not and silently decrypts garbage).
 
 use std::sync::Arc;
 
@@ -32,8 +32,13 @@ use crate::{Error, Result};
 
 /// Ring degree N.
 pub const DEGREE: usize = 8192;
-/// Plaintext modulus bits: t = 2^40.
-pub const T_BITS: u32 = 40;
+/// The plaintext modulus t: the largest prime below 2^40 with t ≡ 1 (mod 2N).
+///
+/// A prime, not 2^40, so that the per-block check value is sound (issue 17, DESIGN §3.5): over
+/// Z_t with t prime, a host that changes any result must also hit `Σ βᵢ·δᵢ` for secret uniform
+/// βᵢ, a 1/t ≈ 2^−40 chance; modulo 2^40 a shift by 2^39 passes for every odd βᵢ. `t ≡ 1 (mod 2N)`
+/// also allows SIMD (slot) packing later.
+pub const PLAINTEXT_MODULUS: u64 = 1_099_511_480_321;
 /// Ciphertext prime sizes.
 pub const MODULI_BITS: [usize; 3] = [60, 60, 60];
 /// Noise flooding bound: uniform in `±2^FLOOD_BITS`. The honest product noise of layout B is about
@@ -44,6 +49,9 @@ pub const FLOOD_BITS: u32 = 118;
 pub const MAX_MLHE_DIM: usize = 64;
 /// Upper bound on one serialised query ciphertext (a fresh seeded one is ~184 KB).
 const MAX_CT_BYTES: usize = 512 * 1024;
+/// Rows of every block given to the check value (DESIGN §3.5): the last row of a block holds
+/// `Σ βᵢ·aᵢ` (masked), with βᵢ secret per class, block and record id.
+pub const CHECK_ROWS: usize = 1;
 /// Magic of a reply: `BKR1 ‖ c0 at q₀ ‖ c1 at q₀ ‖ u32 row count`.
 #[doc(hidden)]
 pub const REPLY_MAGIC: &[u8; 4] = b"BKR1";
@@ -53,8 +61,8 @@ pub const REPLY_MAGIC: &[u8; 4] = b"BKR1";
 pub struct MlheParams {
     /// Ring degree N.
     pub degree: u32,
-    /// log2 t.
-    pub t_bits: u32,
+    /// The plaintext modulus t (a prime).
+    pub t: u64,
     /// Bit sizes of the ciphertext primes.
     pub moduli_bits: [u32; 3],
     /// Flooding bits.
@@ -65,7 +73,7 @@ impl Default for MlheParams {
     fn default() -> Self {
         MlheParams {
             degree: DEGREE as u32,
-            t_bits: T_BITS,
+            t: PLAINTEXT_MODULUS,
             moduli_bits: MODULI_BITS.map(|b| b as u32),
             flood_bits: FLOOD_BITS,
         }
@@ -115,12 +123,12 @@ impl Mlhe {
         }
         let par = BfvParametersBuilder::new()
             .set_degree(params.degree as usize)
-            .set_plaintext_modulus(1u64 << params.t_bits)
+            .set_plaintext_modulus(params.t)
             .set_moduli_sizes(&params.moduli_bits.map(|b| b as usize))
             .build_arc()
             .map_err(|e| Error::Crypto(format!("BFV parameters: {e}")))?;
         let q0 = par.moduli()[0];
-        if (1u64 << params.t_bits) >= q0 {
+        if params.t >= q0 {
             return Err(Error::Crypto(
                 "plaintext modulus must be below the first prime".into(),
             ));
@@ -157,7 +165,7 @@ impl Mlhe {
     /// The plaintext modulus t.
     #[doc(hidden)]
     pub fn t(&self) -> u64 {
-        1u64 << self.params.t_bits
+        self.params.t
     }
 
     /// The ring context at the top level (all primes), where queries are encrypted.
@@ -246,6 +254,28 @@ impl Mlhe {
     }
 }
 
+impl Mlhe {
+    /// What any host can do to a reply without a key: add `delta` to the plaintext of row `row`
+    /// (`c0 += ⌊q₀·δ/t⌉`). Here for the malicious-host tests (issue 17), which must show that the
+    /// client catches it.
+    #[doc(hidden)]
+    pub fn forge_add(&self, reply: &[u8], row: usize, delta: u64) -> Result<Vec<u8>> {
+        let pb = self.q0_poly_bytes();
+        if reply.len() != 4 + 2 * pb + 4 || row >= DEGREE {
+            return Err(Error::malformed("mlhe reply", "not a reply"));
+        }
+        let q0 = &self.last_ctx()?.moduli_operators()[0];
+        let mut c0 = q0.deserialize_vec(&reply[4..4 + pb]);
+        let q = **q0 as u128;
+        let t = u128::from(self.t());
+        let shift = ((q * (u128::from(delta) % t) + t / 2) / t) as u64;
+        c0[row] = ((u128::from(c0[row]) + u128::from(shift)) % q) as u64;
+        let mut out = reply.to_vec();
+        out[4..4 + pb].copy_from_slice(&q0.serialize_vec(&c0));
+        Ok(out)
+    }
+}
+
 impl Finish {
     /// Whether to add the public-key encryption of zero. Only a unit test can turn it off.
     fn rerandomise(self) -> bool {
@@ -294,7 +324,7 @@ impl Scheme for Mlhe {
     type Query = MlheQuery;
 
     fn block_capacity(&self) -> usize {
-        DEGREE
+        DEGREE - CHECK_ROWS
     }
 
     fn exact_bound(&self) -> u128 {
@@ -303,7 +333,10 @@ impl Scheme for Mlhe {
     }
 
     fn block_rows(&self, block: &MlheBlock) -> usize {
-        block.cols.first().map_or(0, Vec::len)
+        block
+            .cols
+            .first()
+            .map_or(0, |c| c.len().saturating_sub(CHECK_ROWS))
     }
 
     fn prepare(&self, block: &MlheBlock, dim: usize) -> Result<MlhePrepared> {
@@ -311,9 +344,12 @@ impl Scheme for Mlhe {
         if block.cols.len() != dim + 1 {
             return Err(bad("column count is not dim + 1"));
         }
-        let rows = self.block_rows(block);
-        if rows == 0 || rows > DEGREE {
-            return Err(bad("row count outside 1..=8192"));
+        // Every row is evaluated, the check row too.
+        let rows = block.cols.first().map_or(0, Vec::len);
+        if rows <= CHECK_ROWS || rows > DEGREE {
+            return Err(bad(
+                "row count outside 2..=8192 (data rows and the check row)",
+            ));
         }
         let t = self.t();
         let ctx = self.top_ctx()?;
@@ -455,7 +491,7 @@ mod tests {
     /// A full block of `d + 1` masked columns: uniform in `[0, t)`, as sealing makes them.
     fn masked_block(d: usize, seed: u64) -> MlheBlock {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let t = 1u64 << T_BITS;
+        let t = PLAINTEXT_MODULUS;
         MlheBlock {
             cols: (0..=d)
                 .map(|_| (0..DEGREE).map(|_| rng.random_range(0..t)).collect())
@@ -476,7 +512,7 @@ mod tests {
     /// `c1' = q₁q₂·Y₀`, which switches down to exactly `Y₀` mod q₀. Returns how many values of the
     /// masked column `Y₀` the reply's `c1` gives away.
     fn recovered(m: &Mlhe, block: &MlheBlock, d: usize, which: Pk) -> usize {
-        let t = 1i64 << T_BITS;
+        let t = PLAINTEXT_MODULUS as i64;
         let y0: Vec<i64> = block.cols[0]
             .iter()
             .map(|&y| {

@@ -56,13 +56,17 @@ pub enum RowDomain {
     Pivot,
 }
 
-/// Identifies one sealed row: its domain and a per-index unique id (the slot number).
+/// Identifies one sealed row: its domain, a per-index unique id (the slot number) and, for a
+/// record, its opaque record id. mlhe binds all three into the row's mask and check weight, so
+/// a host that moves a distance to another slot or claims another record id is caught.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RowRef {
     /// Leaf record or pivot.
     pub domain: RowDomain,
     /// Unique id within the domain and index.
     pub id: u64,
+    /// The opaque record id of a leaf row; 0 for a pivot.
+    pub record: u64,
 }
 
 /// The server's keyless view of a scheme.

@@ -23,6 +23,7 @@ use blindkd_engine::{Error, Result};
 pub struct MlheKey {
     leaf: Zeroizing<[u8; 32]>,
     pivot: Zeroizing<[u8; 32]>,
+    check: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for MlheKey {
@@ -31,19 +32,45 @@ impl std::fmt::Debug for MlheKey {
     }
 }
 
+/// `len` values uniform in `[0, t)` (rejection sampling on 40-bit draws: t is a prime just below
+/// 2^40, so about one draw in 7.5 million is redrawn).
+fn uniform_mod(rng: &mut ChaCha20Rng, len: usize, t: u64) -> Vec<u64> {
+    let bits = 64 - t.leading_zeros();
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let v = rng.next_u64() >> (64 - bits);
+        if v < t {
+            out.push(v);
+        }
+    }
+    out
+}
+
 impl MlheKey {
-    /// The mask `m ∈ Z_t^{d+1}` of one row: ChaCha20 keyed per class, index and domain, with the
-    /// row id as the stream.
-    pub(crate) fn mask(&self, row: RowRef, len: usize, t_bits: u32) -> Vec<u64> {
+    /// The mask `m ∈ Z_t^{len}` of one row and its check weight β ∈ Z_t: ChaCha20 from a keyed
+    /// hash of the row's domain, slot and record id, so both change if any of them does.
+    pub(crate) fn mask(&self, row: RowRef, len: usize, t: u64) -> (Vec<u64>, u64) {
         let key = match row.domain {
             RowDomain::Leaf => &self.leaf,
             RowDomain::Pivot => &self.pivot,
         };
-        let mut rng = ChaCha20Rng::from_seed(**key);
-        rng.set_stream(row.id);
-        let mask = (1u64 << t_bits) - 1;
-        // t is a power of two, so masking the low bits is exactly uniform.
-        (0..len).map(|_| rng.next_u64() & mask).collect()
+        let mut h = blake3::Hasher::new_keyed(key);
+        h.update(domain::MASK_ROW.as_bytes());
+        h.update(&row.id.to_le_bytes());
+        h.update(&row.record.to_le_bytes());
+        let mut rng = ChaCha20Rng::from_seed(*h.finalize().as_bytes());
+        let m = uniform_mod(&mut rng, len, t);
+        let beta = uniform_mod(&mut rng, 1, t)[0];
+        (m, beta)
+    }
+
+    /// The mask of a block's check row; the block is named by its first row.
+    fn check_mask(&self, first: RowRef, len: usize, t: u64) -> Vec<u64> {
+        let mut h = blake3::Hasher::new_keyed(&self.check);
+        h.update(&[first.domain as u8]);
+        h.update(&first.id.to_le_bytes());
+        let mut rng = ChaCha20Rng::from_seed(*h.finalize().as_bytes());
+        uniform_mod(&mut rng, len, t)
     }
 }
 
@@ -92,27 +119,37 @@ impl ClientScheme for Mlhe {
         Ok(MlheKey {
             leaf: class_key.derive(domain::MASK_LEAF, index_id),
             pivot: class_key.derive(domain::MASK_PIVOT, index_id),
+            check: class_key.derive(domain::MASK_CHECK, index_id),
         })
     }
 
     fn seal_block(&self, key: &MlheKey, rows: &[(RowRef, Vec<i64>)]) -> Result<MlheBlock> {
-        if rows.is_empty() || rows.len() > DEGREE {
+        let cap = self.block_capacity();
+        if rows.is_empty() || rows.len() > cap {
             return Err(Error::InvalidInput(format!(
-                "{} rows for one block (1..=8192)",
+                "{} rows for one block (1..={cap})",
                 rows.len()
             )));
         }
         let width = rows[0].1.len();
         let t = self.t();
-        let mut cols = vec![Vec::with_capacity(rows.len()); width];
+        let mut cols = vec![Vec::with_capacity(rows.len() + CHECK_ROWS); width];
+        // The check row's plain value: Σ βᵢ·aᵢ mod t.
+        let mut check = vec![0u128; width];
         for (r, a) in rows {
             if a.len() != width {
                 return Err(Error::InvalidInput("rows of different lengths".into()));
             }
-            let m = key.mask(*r, width, self.params().t_bits);
+            let (m, beta) = key.mask(*r, width, t);
             for (i, (&ai, mi)) in a.iter().zip(m).enumerate() {
-                cols[i].push((ai.rem_euclid(t as i64) as u64 + mi) % t);
+                let ai = ai.rem_euclid(t as i64) as u64;
+                cols[i].push(((u128::from(ai) + u128::from(mi)) % u128::from(t)) as u64);
+                check[i] = (check[i] + u128::from(beta) * u128::from(ai)) % u128::from(t);
             }
+        }
+        let mc = key.check_mask(rows[0].0, width, t);
+        for (i, (c, m)) in check.into_iter().zip(mc).enumerate() {
+            cols[i].push(((c + u128::from(m)) % u128::from(t)) as u64);
         }
         Ok(MlheBlock { cols })
     }
@@ -173,11 +210,11 @@ impl ClientScheme for Mlhe {
         rows: &[RowRef],
     ) -> Result<Vec<u128>> {
         let (c0, c1, n) = parse_reply(self, reply)?;
-        if n != rows.len() {
-            return Err(Error::malformed(
-                "mlhe reply",
-                format!("{n} rows, expected {}", rows.len()),
-            ));
+        if n != rows.len() + CHECK_ROWS || rows.is_empty() {
+            return Err(Error::Integrity(format!(
+                "{n} rows in a reply for {} rows and the check row",
+                rows.len()
+            )));
         }
         let ctx = self.last_ctx()?;
         let cerr = |e: fhe_math::Error| Error::Crypto(e.to_string());
@@ -199,24 +236,44 @@ impl ClientScheme for Mlhe {
             )
             .map_err(|e| Error::Crypto(e.to_string()))?,
         );
-        let t = self.t() as i128;
+        let t = self.t();
+        let tt = i128::from(t);
+        // ⟨m, w⟩ mod t, with w's entries taken mod t.
+        let mw = |m: &[u64]| -> i128 {
+            m.iter()
+                .zip(&plan.w)
+                .map(|(&mi, &wi)| i128::from(mi) * i128::from(wi).rem_euclid(tt) % tt)
+                .sum::<i128>()
+                % tt
+        };
+        // ⟨aⱼ, w⟩ mod t for every data row, and Σ βⱼ·⟨aⱼ, w⟩.
+        let mut inner = Vec::with_capacity(rows.len());
+        let mut expected = 0i128;
+        for (j, &r) in rows.iter().enumerate() {
+            let (m, beta) = key.mask(r, plan.w.len(), t);
+            let v = (i128::from(coeffs[j]) - mw(&m)).rem_euclid(tt);
+            expected = (expected + i128::from(beta) * v) % tt;
+            inner.push(v);
+        }
+        let mc = key.check_mask(rows[0], plan.w.len(), t);
+        let got = (i128::from(coeffs[rows.len()]) - mw(&mc)).rem_euclid(tt);
+        // Checked before any value is used: a changed row, slot, record id or block (or a
+        // reply for another session) fails here, except with probability about 1/t.
+        if got != expected {
+            return Err(Error::Integrity(
+                "a block's check value does not match its rows".into(),
+            ));
+        }
         let bound = self.exact_bound() as i128;
-        rows.iter()
-            .enumerate()
-            .map(|(j, &r)| {
-                let m = key.mask(r, plan.w.len(), self.params().t_bits);
-                let mw: i128 = m
-                    .iter()
-                    .zip(&plan.w)
-                    .map(|(&mi, &wi)| mi as i128 * wi as i128)
-                    .sum();
-                let v = (coeffs[j] as i128 - mw + plan.q_norm).rem_euclid(t);
-                let centred = if v >= t / 2 { v - t } else { v };
+        inner
+            .into_iter()
+            .map(|v| {
+                let v = (v + plan.q_norm).rem_euclid(tt);
+                let centred = if v >= tt / 2 { v - tt } else { v };
                 if centred < 0 || centred >= bound {
-                    // Either the wrong key/session, a corrupted reply, or an encoding overflow.
+                    // The check passed, so the encoding overflowed: a bug, not a forgery.
                     return Err(Error::Crypto(
-                        "reply does not open to a valid distance (wrong key or corrupted reply)"
-                            .into(),
+                        "a verified result is not a valid distance (encoding overflow)".into(),
                     ));
                 }
                 Ok(centred as u128)
@@ -287,6 +344,7 @@ mod tests {
                     RowRef {
                         domain: RowDomain::Leaf,
                         id: first_id + j as u64,
+                        record: 0,
                     },
                     augment(x, &weights),
                 )
@@ -312,7 +370,7 @@ mod tests {
     fn full_block_and_extremes_are_exact() {
         let m = Mlhe::new().unwrap();
         let d = 10;
-        let mut xs = rows(DEGREE, d, 1);
+        let mut xs = rows(DEGREE - CHECK_ROWS, d, 1);
         xs[0] = vec![65535; d];
         xs[1] = vec![-65535; d];
         let q = vec![-65535; d];
@@ -343,6 +401,7 @@ mod tests {
                     RowRef {
                         domain: RowDomain::Leaf,
                         id: j as u64,
+                        record: 0,
                     },
                     augment(x, &weights),
                 )
@@ -438,7 +497,7 @@ mod tests {
     #[test]
     fn rerandomisation_stops_division_attack() {
         let d = 2;
-        let xs = rows(DEGREE, d, 3);
+        let xs = rows(DEGREE - CHECK_ROWS, d, 3);
         let weights = vec![1u32; d];
         let honest = Mlhe::new().unwrap();
         let key = honest
@@ -452,13 +511,14 @@ mod tests {
                     RowRef {
                         domain: RowDomain::Leaf,
                         id: j as u64,
+                        record: 0,
                     },
                     augment(x, &weights),
                 )
             })
             .collect();
         let block = honest.seal_block(&key, &sealed).unwrap();
-        let t = 1i64 << T_BITS;
+        let t = PLAINTEXT_MODULUS as i64;
         let y0: Vec<i64> = block.cols[0]
             .iter()
             .map(|&y| {
