@@ -33,10 +33,12 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The server's code, if any.
+    /// The server's code, or `integrity` for a reply that failed verification (the one error a
+    /// lying host gets, whatever it changed).
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Api { code, .. } => Some(code),
+            ClientError::Engine(blindkd_engine::Error::Integrity(_)) => Some("integrity"),
             _ => None,
         }
     }
@@ -71,6 +73,10 @@ pub struct Session {
     pub budget_left: u64,
     /// The server's seed for the session public key's `a` (hex).
     pub pk_seed: String,
+    /// The classes the doctor's own token names (read locally from the token, not from the
+    /// server): a query that names no class searches these, so a host cannot narrow it unseen.
+    #[serde(skip, default)]
+    pub token_classes: Vec<String>,
 }
 
 /// One result row as the doctor sees it.
@@ -107,6 +113,7 @@ pub struct Client {
     base: String,
     http: reqwest::Client,
     retries: u32,
+    deadline: Duration,
 }
 
 #[derive(Deserialize)]
@@ -126,7 +133,14 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             http,
             retries: 20,
+            deadline: Duration::from_secs(300),
         })
+    }
+
+    /// Every query must finish within `deadline` (default 300 s), whatever the host does.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     async fn send(&self, rb: impl Fn() -> reqwest::RequestBuilder) -> Result<reqwest::Response> {
@@ -140,7 +154,8 @@ impl Client {
                 return Ok(resp);
             }
             let status = resp.status().as_u16();
-            let body = resp.bytes().await.unwrap_or_default();
+            // An error body is small; a host that sends more gets cut off, not buffered.
+            let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
             let (code, message) = match serde_json::from_slice::<ApiErrorBody>(&body) {
                 Ok(b) => (b.code, b.message),
                 Err(_) => (
@@ -179,15 +194,20 @@ impl Client {
         let pop = device.sign_pop(&nonce, token_text);
         let body =
             serde_json::json!({ "token": token_text, "nonce": n.nonce, "pop": hex::encode(pop) });
-        self.send(|| {
-            self.http
-                .post(format!("{}/v1/sessions", self.base))
-                .json(&body)
-        })
-        .await?
-        .json()
-        .await
-        .map_err(|e| ClientError::Transport(e.to_string()))
+        let mut session: Session = self
+            .send(|| {
+                self.http
+                    .post(format!("{}/v1/sessions", self.base))
+                    .json(&body)
+            })
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        session.token_classes = blindkd_engine::token::decode_unverified(token_text)?
+            .scope
+            .classes;
+        Ok(session)
     }
 
     /// Ends a session on the server (frees its slot; the token's budget is unaffected).
@@ -201,11 +221,14 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Posts `body`; reads at most `limit` bytes of the reply (the engine knows the size of every
+    /// honest reply in advance), so a host cannot make the client buffer without bound.
     async fn post_bin(
         &self,
         url: &str,
         session: &Session,
         body: Vec<u8>,
+        limit: usize,
     ) -> Result<(Vec<u8>, Option<String>)> {
         let resp = self
             .send(|| {
@@ -221,11 +244,7 @@ impl Client {
             .get("bkd-query-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        Ok((bytes.to_vec(), qid))
+        Ok((read_limited(resp, limit).await?, qid))
     }
 
     /// Runs one query end to end. `vector` is in user units; it is encoded with the bundle's schema
@@ -239,8 +258,44 @@ impl Client {
         classes: Vec<String>,
         fetch_payloads: bool,
     ) -> Result<QueryOutcome> {
+        tokio::time::timeout(
+            self.deadline,
+            self.run_query(session, entry, kind, vector, classes, fetch_payloads),
+        )
+        .await
+        .map_err(|_| {
+            ClientError::Transport(format!(
+                "the query did not finish within {} s",
+                self.deadline.as_secs()
+            ))
+        })?
+    }
+
+    async fn run_query(
+        &self,
+        session: &Session,
+        entry: &BundleEntry,
+        kind: QueryKind,
+        vector: &[f64],
+        classes: Vec<String>,
+        fetch_payloads: bool,
+    ) -> Result<QueryOutcome> {
         let t = Instant::now();
         let q = entry.schema.encode(vector)?;
+        // No class named: every class the token allows that the bundle opens, named explicitly,
+        // so that the client knows exactly which classes the answer must cover.
+        let classes = if classes.is_empty() {
+            let mut c: Vec<String> = entry
+                .keys
+                .iter()
+                .map(|(c, _)| c.clone())
+                .filter(|c| session.token_classes.contains(c))
+                .collect();
+            c.sort();
+            c
+        } else {
+            classes
+        };
         let batch = BatchPolicy {
             max_blocks: session.max_blocks,
             ..BatchPolicy::default()
@@ -253,13 +308,15 @@ impl Client {
         let (c, start) = blocking(client, move |c| c.start_request(&seed)).await?;
         client = c;
         let base = format!("{}/v1/indexes/{}/queries", self.base, session.index_id);
-        let (reply, qid) = self.post_bin(&base, session, start).await?;
+        let limit = client.reply_limit();
+        let (reply, qid) = self.post_bin(&base, session, start, limit).await?;
         let qid = qid.ok_or_else(|| ClientError::Transport("reply without a query id".into()))?;
         let (c, mut step) = blocking(client, move |c| c.on_start(&reply)).await?;
         client = c;
         while let Step::Blocks(req) = step {
+            let limit = client.reply_limit();
             let (reply, _) = self
-                .post_bin(&format!("{base}/{qid}/blocks"), session, req)
+                .post_bin(&format!("{base}/{qid}/blocks"), session, req, limit)
                 .await?;
             let (c, s) = blocking(client, move |c| c.on_blocks(&reply)).await?;
             client = c;
@@ -270,8 +327,9 @@ impl Client {
         let mut payloads = if fetch_payloads {
             match client.payload_request()? {
                 Some(req) => {
+                    let limit = client.reply_limit();
                     let (reply, _) = self
-                        .post_bin(&format!("{base}/{qid}/payloads"), session, req)
+                        .post_bin(&format!("{base}/{qid}/payloads"), session, req, limit)
                         .await?;
                     client.open_payloads(&reply)?
                 }
@@ -306,6 +364,34 @@ impl Client {
             elapsed_ms: t.elapsed().as_secs_f64() * 1e3,
         })
     }
+}
+
+/// The largest error body read from a server.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// Reads a response body, refusing one longer than `limit` (checked on the declared length and
+/// again while streaming, so a lying `Content-Length` does not help).
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>> {
+    let too_long = || {
+        ClientError::Engine(blindkd_engine::Error::Integrity(format!(
+            "the server's reply is longer than the {limit} bytes an honest reply can have"
+        )))
+    };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_long());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))?
+    {
+        if out.len() + chunk.len() > limit {
+            return Err(too_long());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// Runs client-side crypto off the async executor.

@@ -75,7 +75,32 @@ pub trait QueryClient: Send {
     /// Opens a payload reply: one opened payload per result, by record id. A reply that
     /// misses a result, adds a record or does not open is an error.
     fn open_payloads(&self, reply: &[u8]) -> Result<HashMap<u64, OpenedPayload>>;
+    /// The most bytes an honest reply to the request just made can have (round 1: a bound for
+    /// the classes asked; block and payload rounds: from the shapes and the request). A transport
+    /// reads no more than this.
+    fn reply_limit(&self) -> usize;
 }
+
+/// A reply that fails any check: the one error a lying host gets, whatever it changed.
+fn lie(detail: impl Into<String>) -> Error {
+    Error::Integrity(detail.into())
+}
+
+/// Decodes exactly one postcard value: trailing bytes are a lie too.
+fn decode_exact<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    let (v, rest) = postcard::take_from_bytes(bytes)
+        .map_err(|e| lie(format!("{what} does not decode: {e}")))?;
+    if !rest.is_empty() {
+        return Err(lie(format!("{what} has {} trailing bytes", rest.len())));
+    }
+    Ok(v)
+}
+
+/// Round 1 may carry at most this much per class asked for (pivot replies and the shape).
+pub const MAX_START_REPLY_PER_CLASS: usize = 64 << 20;
+/// The largest sealed payload a client reads (the owner pads payloads above 64 KiB to multiples
+/// of 64 KiB; larger records belong in a document store).
+pub const MAX_SEALED_PAYLOAD: usize = 4 << 20;
 
 /// Builds a query client for the scheme named in the bundle entry. `q` is the encoded query.
 pub fn new_query_client(
@@ -182,6 +207,14 @@ struct Driver<S: ClientScheme> {
     next_batch: u32,
     /// Leaves requested so far.
     requested: u32,
+    /// The leaves of the last block request, which the next reply must answer exactly.
+    in_flight: Vec<BlockRef>,
+    /// Every record id the answer has so far: a repeat is a lie.
+    seen: std::collections::HashSet<u64>,
+    /// Leaves of the classes in round 1: rounds beyond this are a lie.
+    total_leaves: u64,
+    /// Round 1 answered.
+    started: bool,
     batch: BatchPolicy,
     best: BinaryHeap<(u128, u64, u32)>,
     hits: Vec<Hit>,
@@ -250,6 +283,10 @@ impl<S: ClientScheme> Driver<S> {
             pending: Vec::new(),
             next_batch: batch.knn_first.max(1),
             requested: 0,
+            in_flight: Vec::new(),
+            seen: std::collections::HashSet::new(),
+            total_leaves: 0,
+            started: false,
             batch,
             best: BinaryHeap::new(),
             hits: Vec::new(),
@@ -325,6 +362,7 @@ impl<S: ClientScheme> Driver<S> {
         // Which leaves a round asks for is leakage we accept (DESIGN §4); their order within
         // the round would add the lower-bound ranking to it, so it is shuffled.
         rand::seq::SliceRandom::shuffle(&mut blocks[..], &mut rand::rng());
+        self.in_flight = blocks.clone();
         let bytes = postcard::to_allocvec(&BlockRequest { blocks })
             .map_err(|e| Error::malformed("block request", e))?;
         self.stats.bytes_up += bytes.len() as u64;
@@ -380,58 +418,51 @@ impl<S: ClientScheme> Driver<S> {
     }
 }
 
-impl<S: ClientScheme> QueryClient for Driver<S> {
-    fn start_request(&mut self, pk_seed: &PkSeed) -> Result<Vec<u8>> {
-        let t = Instant::now();
-        let query = frame_query(
-            &self.scheme.session_public(&self.session, pk_seed)?,
-            &self.scheme.seal_query(&self.session, &self.plan.w)?,
-        );
-        let bytes = postcard::to_allocvec(&StartRequest {
-            kind: self.kind,
-            classes: self.classes.clone(),
-            query,
-        })
-        .map_err(|e| Error::malformed("start request", e))?;
-        self.stats.bytes_up += bytes.len() as u64;
-        self.stats.client_micros += micros(t);
-        Ok(bytes)
+/// Any failure while reading a reply is the host's: one error, whatever the cause (a check
+/// value, a decoding error, an AEAD failure).
+fn as_lie(e: Error) -> Error {
+    match e {
+        Error::Integrity(_) => e,
+        other => lie(other.to_string()),
     }
+}
 
-    fn on_start(&mut self, reply: &[u8]) -> Result<Step> {
-        let t = Instant::now();
-        self.stats.rounds += 1;
-        self.stats.bytes_down += reply.len() as u64;
-        let r: StartReply =
-            postcard::from_bytes(reply).map_err(|e| Error::malformed("start reply", e))?;
+impl<S: ClientScheme> Driver<S> {
+    /// Round 1: exactly the classes asked for, each once, with consistent shapes, sealed radii
+    /// that open, and pivot replies that pass their check values.
+    fn read_start(&mut self, reply: &[u8]) -> Result<()> {
+        let r: StartReply = decode_exact(reply, "the round-1 reply")?;
         self.stats.server_micros += r.server_micros;
         let cap = self.scheme.block_capacity();
+        let mut want: std::collections::BTreeSet<String> = self.keys.keys().cloned().collect();
+        if r.classes.len() != want.len() {
+            return Err(lie(format!(
+                "{} classes in round 1 for {} asked",
+                r.classes.len(),
+                want.len()
+            )));
+        }
         for c in r.classes {
-            let keys = self.keys.get(&c.class).ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "server returned class `{}` we hold no key for",
-                    c.class
-                ))
-            })?;
-            c.shape
-                .validate(self.scheme.block_capacity())
-                .map_err(|e| Error::malformed("tree shape", e))?;
+            if !want.remove(&c.class) {
+                return Err(lie(format!("class `{}` not asked for, or twice", c.class)));
+            }
+            if self.class_names.contains_key(&c.class_idx) {
+                return Err(lie("two classes under one class index"));
+            }
+            let keys = &self.keys[&c.class];
+            c.shape.validate(cap).map_err(|e| lie(e.to_string()))?;
             let nodes = c.shape.nodes.len();
             if c.pivot_replies.len() != nodes.div_ceil(cap) {
-                return Err(Error::malformed(
-                    "start reply",
-                    "wrong number of pivot replies",
-                ));
+                return Err(lie("wrong number of pivot replies"));
             }
             let radii_bytes = aead::open(
                 &keys.radius,
                 &radii_aad(&self.index_id, &c.class),
                 &c.sealed_radii,
             )?;
-            let radii: Vec<u64> =
-                postcard::from_bytes(&radii_bytes).map_err(|e| Error::malformed("radii", e))?;
+            let radii: Vec<u64> = decode_exact(&radii_bytes, "the radii")?;
             if radii.len() != nodes {
-                return Err(Error::malformed("radii", "one radius per node expected"));
+                return Err(lie("not one radius per node"));
             }
             let mut d2 = Vec::with_capacity(nodes);
             for (b, rep) in c.pivot_replies.iter().enumerate() {
@@ -448,6 +479,7 @@ impl<S: ClientScheme> QueryClient for Driver<S> {
                 );
             }
             self.stats.pivot_blocks += c.pivot_replies.len() as u32;
+            self.total_leaves += c.shape.leaves.len() as u64;
             for (leaf, path) in c.shape.leaf_paths().into_iter().enumerate() {
                 let bounds: Vec<(u128, u64)> = path
                     .iter()
@@ -462,10 +494,7 @@ impl<S: ClientScheme> QueryClient for Driver<S> {
                     first_slot, rows, ..
                 } = c.shape.nodes[c.shape.leaves[leaf] as usize]
                 else {
-                    return Err(Error::malformed(
-                        "tree shape",
-                        "leaf list points at an inner node",
-                    ));
+                    return Err(lie("leaf list points at an inner node"));
                 };
                 self.pending.push(Candidate {
                     class_idx: c.class_idx,
@@ -478,42 +507,47 @@ impl<S: ClientScheme> QueryClient for Driver<S> {
             }
             self.class_names.insert(c.class_idx, c.class);
         }
-        // Descending, so the most promising candidates pop from the end.
-        self.pending
-            .sort_by_key(|c| std::cmp::Reverse((c.lb, c.class_idx, c.leaf)));
-        self.stats.client_micros += micros(t);
-        self.next_step()
+        Ok(())
     }
 
-    fn on_blocks(&mut self, reply: &[u8]) -> Result<Step> {
-        let t = Instant::now();
-        if self.done {
-            return Err(Error::InvalidInput("query already finished".into()));
-        }
-        self.stats.rounds += 1;
-        self.stats.bytes_down += reply.len() as u64;
-        let r: BlockReply =
-            postcard::from_bytes(reply).map_err(|e| Error::malformed("block reply", e))?;
+    /// A block round: exactly the leaves asked for, in order, each with as many record ids as
+    /// rows, no id seen before, and replies that pass their check values.
+    fn read_blocks(&mut self, reply: &[u8]) -> Result<()> {
+        let r: BlockReply = decode_exact(reply, "the block reply")?;
         self.stats.server_micros += r.server_micros;
+        let asked = std::mem::take(&mut self.in_flight);
+        if r.blocks.len() != asked.len() {
+            return Err(lie(format!(
+                "{} blocks in a reply to {} asked",
+                r.blocks.len(),
+                asked.len()
+            )));
+        }
         let mut work = Vec::with_capacity(r.blocks.len());
-        for eb in r.blocks {
+        for (eb, want) in r.blocks.into_iter().zip(&asked) {
+            if eb.block != *want {
+                return Err(lie("a block not asked for, or out of order"));
+            }
             let pos = self
                 .pending
                 .iter()
                 .position(|c| c.class_idx == eb.block.class_idx && c.leaf == eb.block.leaf)
-                .ok_or_else(|| Error::malformed("block reply", "a block we did not ask for"))?;
+                .ok_or_else(|| lie("a block not pending"))?;
             let cand = self.pending.remove(pos);
             if eb.record_ids.len() != cand.rows as usize {
-                return Err(Error::malformed("block reply", "record id count mismatch"));
+                return Err(lie("record id count differs from the leaf's rows"));
+            }
+            if let Some(id) = eb.record_ids.iter().find(|&&id| !self.seen.insert(id)) {
+                return Err(lie(format!("record id {id:016x} twice")));
             }
             let class = self
                 .class_names
                 .get(&cand.class_idx)
                 .cloned()
-                .ok_or_else(|| Error::malformed("block reply", "unknown class"))?;
+                .ok_or_else(|| lie("unknown class"))?;
             work.push((cand, class, eb));
         }
-        // Opening (decrypt + unmask) is independent per block: spread it over the cores.
+        // Opening (decrypt + unmask + check) is independent per block: spread it over the cores.
         let opened = {
             use rayon::prelude::*;
             let (scheme, keys, session, plan) =
@@ -534,6 +568,7 @@ impl<S: ClientScheme> QueryClient for Driver<S> {
                 })
                 .collect::<Result<Vec<_>>>()?
         };
+        // Only now, with every block of the round verified, is any value used.
         for ((cand, _, eb), d2) in work.into_iter().zip(opened) {
             self.stats.leaf_blocks += 1;
             self.stats.records_evaluated += cand.rows as u64;
@@ -541,6 +576,56 @@ impl<S: ClientScheme> QueryClient for Driver<S> {
                 self.offer(d, id, cand.class_idx);
             }
         }
+        Ok(())
+    }
+}
+
+impl<S: ClientScheme> QueryClient for Driver<S> {
+    fn start_request(&mut self, pk_seed: &PkSeed) -> Result<Vec<u8>> {
+        let t = Instant::now();
+        let query = frame_query(
+            &self.scheme.session_public(&self.session, pk_seed)?,
+            &self.scheme.seal_query(&self.session, &self.plan.w)?,
+        );
+        let bytes = postcard::to_allocvec(&StartRequest {
+            kind: self.kind,
+            classes: self.classes.clone(),
+            query,
+        })
+        .map_err(|e| Error::malformed("start request", e))?;
+        self.stats.bytes_up += bytes.len() as u64;
+        self.stats.client_micros += micros(t);
+        Ok(bytes)
+    }
+
+    fn on_start(&mut self, reply: &[u8]) -> Result<Step> {
+        let t = Instant::now();
+        if self.started {
+            return Err(lie("a second round-1 reply"));
+        }
+        self.started = true;
+        self.stats.rounds += 1;
+        self.stats.bytes_down += reply.len() as u64;
+        self.read_start(reply).map_err(as_lie)?;
+        // Descending, so the most promising candidates pop from the end.
+        self.pending
+            .sort_by_key(|c| std::cmp::Reverse((c.lb, c.class_idx, c.leaf)));
+        self.stats.client_micros += micros(t);
+        self.next_step()
+    }
+
+    fn on_blocks(&mut self, reply: &[u8]) -> Result<Step> {
+        let t = Instant::now();
+        if self.done || !self.started || self.in_flight.is_empty() {
+            return Err(lie("a block reply to no block request"));
+        }
+        self.stats.rounds += 1;
+        // Every round answers at least one leaf, so more rounds than leaves is a loop.
+        if u64::from(self.stats.rounds) > self.total_leaves + 1 {
+            return Err(lie("more rounds than the classes have leaves"));
+        }
+        self.stats.bytes_down += reply.len() as u64;
+        self.read_blocks(reply).map_err(as_lie)?;
         self.stats.client_micros += micros(t);
         self.next_step()
     }
@@ -579,8 +664,35 @@ impl<S: ClientScheme> QueryClient for Driver<S> {
     }
 
     fn open_payloads(&self, reply: &[u8]) -> Result<HashMap<u64, OpenedPayload>> {
-        let r: PayloadReply =
-            postcard::from_bytes(reply).map_err(|e| Error::malformed("payload reply", e))?;
+        self.read_payloads(reply).map_err(as_lie)
+    }
+
+    fn reply_limit(&self) -> usize {
+        let overhead = 1024;
+        if !self.started {
+            return overhead + self.keys.len().max(1) * MAX_START_REPLY_PER_CLASS;
+        }
+        if !self.done {
+            let rows = |b: &BlockRef| {
+                self.pending
+                    .iter()
+                    .find(|c| c.class_idx == b.class_idx && c.leaf == b.leaf)
+                    .map_or(0, |c| c.rows as usize)
+            };
+            return overhead
+                + self
+                    .in_flight
+                    .iter()
+                    .map(|b| 32 + 10 * rows(b) + self.scheme.reply_bound(rows(b)))
+                    .sum::<usize>();
+        }
+        overhead + self.hits.len() * (32 + MAX_SEALED_PAYLOAD)
+    }
+}
+
+impl<S: ClientScheme> Driver<S> {
+    fn read_payloads(&self, reply: &[u8]) -> Result<HashMap<u64, OpenedPayload>> {
+        let r: PayloadReply = decode_exact(reply, "the payload reply")?;
         let classes: HashMap<u64, &str> = self
             .hits
             .iter()

@@ -154,6 +154,11 @@ impl ClientScheme for Mlhe {
         Ok(MlheBlock { cols })
     }
 
+    fn reply_bound(&self, _rows: usize) -> usize {
+        // Magic, two polynomials at q₀, the row count: the same for every block.
+        8 + 2 * self.q0_poly_bytes()
+    }
+
     fn new_session(&self) -> Result<MlheSession> {
         // The secret as fhe.rs samples it (`SecretKey::random`), kept so that the session
         // public key can be built on the server's `a`.

@@ -32,6 +32,10 @@ pub trait ClientScheme: Scheme {
     fn session_public(&self, session: &Self::Session, pk_seed: &PkSeed) -> Result<Vec<u8>>;
     /// Seals the query functional `w` (length `dim + 1`).
     fn seal_query(&self, session: &Self::Session, w: &[i64]) -> Result<Vec<u8>>;
+    /// The most bytes an honest reply for a block of `rows` rows can have.
+    fn reply_bound(&self, rows: usize) -> usize {
+        (1 << 20) + rows * 4096
+    }
     /// Opens a reply for the given rows (in block order) into exact squared distances
     /// `⟨a_j, w⟩ + q_norm`.
     fn open(

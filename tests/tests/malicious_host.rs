@@ -1,0 +1,346 @@
+//! A host that lies (issue 17, S1–S3): a rewriting proxy sits between the real `Client` and a
+//! real server on 127.0.0.1 and changes replies the way a malicious cloud could (it holds no
+//! key). Every change must make the client fail closed with the one uniform `integrity` error,
+//! before it acts on any decrypted value; none may yield a wrong answer or a hang.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use blindkd_client::{ClientError, QueryOutcome};
+use blindkd_engine::crypto::mlhe::Mlhe;
+use blindkd_engine::protocol::{BlockReply, PayloadReply, QueryKind, StartReply};
+use blindkd_keys::token::DeviceKey;
+use blindkd_server::ServerLimits;
+use blindkd_tests::{entry, mlhe, Client, TestServer};
+
+/// What the proxy does to replies.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Attack {
+    Honest,
+    /// Round 1 answered with two bytes `00 00` (zero classes).
+    EmptyStart,
+    /// Round 1 without its last class.
+    DropClass,
+    /// Round 1 with the first class twice.
+    RepeatClass,
+    /// Round 1 with one pivot result shifted by this much.
+    ShiftPivot(u64),
+    /// Each leaf reply's first row shifted by this much.
+    ShiftRow(u64),
+    /// The last leaf of every block reply dropped.
+    TruncateLeaves,
+    /// Leaf replies with zero blocks, forever (the proxy answers itself).
+    EmptyBlocks,
+    /// The record ids of the first leaf reversed.
+    ReverseIds,
+    /// One id repeated over the next.
+    RepeatId,
+    /// An id that is in no leaf of the index.
+    ForeignId,
+    /// Two leaves' replies swapped (ids kept in place).
+    SwapLeafReplies,
+    /// A reply of 256 MiB.
+    HugeReply,
+    /// Trailing bytes after a valid round-1 reply.
+    TrailingBytes,
+    /// A payload reply with the payloads of two records swapped.
+    SwapPayloads,
+}
+
+struct Proxy {
+    base: String,
+    attack: Arc<Mutex<Attack>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+struct Upstream {
+    base: String,
+    http: reqwest::Client,
+    attack: Arc<Mutex<Attack>>,
+}
+
+fn shift(reply: &[u8], row: usize, delta: u64) -> Vec<u8> {
+    Mlhe::new().unwrap().forge_add(reply, row, delta).unwrap()
+}
+
+fn rewrite(attack: Attack, path: &str, body: Vec<u8>) -> Vec<u8> {
+    let is_start = path.ends_with("/queries");
+    let is_blocks = path.ends_with("/blocks");
+    let is_payloads = path.ends_with("/payloads");
+    let start = || postcard::from_bytes::<StartReply>(&body).unwrap();
+    let blocks = || postcard::from_bytes::<BlockReply>(&body).unwrap();
+    let enc = |v: &dyn erased::Encode| v.encode();
+    match attack {
+        Attack::EmptyStart if is_start => vec![0, 0],
+        Attack::DropClass if is_start => {
+            let mut r = start();
+            r.classes.pop();
+            enc(&r)
+        }
+        Attack::RepeatClass if is_start => {
+            let mut r = start();
+            let first = r.classes[0].clone();
+            r.classes.push(first);
+            enc(&r)
+        }
+        Attack::ShiftPivot(d) if is_start => {
+            let mut r = start();
+            for c in &mut r.classes {
+                c.pivot_replies[0] = shift(&c.pivot_replies[0], 0, d);
+            }
+            enc(&r)
+        }
+        Attack::TrailingBytes if is_start => {
+            let mut b = body;
+            b.extend_from_slice(&[0, 0, 0]);
+            b
+        }
+        Attack::ShiftRow(d) if is_blocks => {
+            let mut r = blocks();
+            for b in &mut r.blocks {
+                b.reply = shift(&b.reply, 0, d);
+            }
+            enc(&r)
+        }
+        Attack::TruncateLeaves if is_blocks => {
+            let mut r = blocks();
+            r.blocks.pop();
+            enc(&r)
+        }
+        Attack::ReverseIds if is_blocks => {
+            let mut r = blocks();
+            r.blocks[0].record_ids.reverse();
+            enc(&r)
+        }
+        Attack::RepeatId if is_blocks => {
+            let mut r = blocks();
+            let ids = &mut r.blocks[0].record_ids;
+            ids[1] = ids[0];
+            enc(&r)
+        }
+        Attack::ForeignId if is_blocks => {
+            let mut r = blocks();
+            r.blocks[0].record_ids[0] ^= 0x5555_0000_0000_0001;
+            enc(&r)
+        }
+        Attack::SwapLeafReplies if is_blocks => {
+            let mut r = blocks();
+            if r.blocks.len() >= 2 {
+                let a = r.blocks[0].reply.clone();
+                r.blocks[0].reply = r.blocks[1].reply.clone();
+                r.blocks[1].reply = a;
+            }
+            enc(&r)
+        }
+        Attack::SwapPayloads if is_payloads => {
+            let mut r = postcard::from_bytes::<PayloadReply>(&body).unwrap();
+            if r.payloads.len() >= 2 {
+                let a = r.payloads[0].sealed.clone();
+                r.payloads[0].sealed = r.payloads[1].sealed.clone();
+                r.payloads[1].sealed = a;
+            }
+            enc(&r)
+        }
+        _ => body,
+    }
+}
+
+/// Postcard encoding behind one object-safe call (the replies are different types).
+mod erased {
+    pub(super) trait Encode {
+        fn encode(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Encode for T {
+        fn encode(&self) -> Vec<u8> {
+            postcard::to_allocvec(self).unwrap()
+        }
+    }
+}
+
+async fn forward(State(up): State<Upstream>, req: Request) -> Response {
+    let attack = *up.attack.lock().unwrap();
+    let path = req.uri().path().to_string();
+    let is_blocks = path.ends_with("/blocks");
+    if attack == Attack::EmptyBlocks && is_blocks {
+        let empty = BlockReply {
+            blocks: Vec::new(),
+            server_micros: 0,
+        };
+        return Response::new(Body::from(postcard::to_allocvec(&empty).unwrap()));
+    }
+    if attack == Attack::HugeReply && is_blocks {
+        // 64 MiB where an honest reply has a few hundred KB.
+        return Response::new(Body::from(vec![7u8; 64 << 20]));
+    }
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), 64 << 20)
+        .await
+        .unwrap();
+    let mut rb = up
+        .http
+        .request(method, format!("{}{}", up.base, path))
+        .body(body);
+    for (k, v) in &headers {
+        if k != "host" && k != "content-length" {
+            rb = rb.header(k, v);
+        }
+    }
+    let resp = rb.send().await.unwrap();
+    let status = resp.status();
+    let mut out = Response::builder().status(status);
+    for (k, v) in resp.headers() {
+        if k != "content-length" && k != "transfer-encoding" {
+            out = out.header(k, v);
+        }
+    }
+    let body = resp.bytes().await.unwrap().to_vec();
+    let body = if status.is_success() {
+        rewrite(attack, &path, body)
+    } else {
+        body
+    };
+    out.body(Body::from(body)).unwrap()
+}
+
+/// The client's one error for a lying host (matched on its text, so that this harness also runs
+/// against builds older than the check).
+fn is_integrity(e: &ClientError) -> bool {
+    e.to_string().contains("failed verification")
+}
+
+async fn proxy(upstream: &TestServer) -> Proxy {
+    let attack = Arc::new(Mutex::new(Attack::Honest));
+    let state = Upstream {
+        base: upstream.base.clone(),
+        http: reqwest::Client::new(),
+        attack: attack.clone(),
+    };
+    let app = axum::Router::new().fallback(forward).with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Proxy {
+        base: format!("http://{addr}"),
+        attack,
+        task,
+    }
+}
+
+/// Runs one query through the proxy under `attack`, bounded in time.
+async fn run(
+    p: &Proxy,
+    attack: Attack,
+    kind: QueryKind,
+    q: &[f64],
+    payloads: bool,
+) -> Result<Result<QueryOutcome, ClientError>, &'static str> {
+    *p.attack.lock().unwrap() = Attack::Honest;
+    let fx = mlhe();
+    let device = DeviceKey::random();
+    let client = Client::new(&p.base).unwrap();
+    let s = client
+        .open_session(&fx.token(&device), &device)
+        .await
+        .unwrap();
+    *p.attack.lock().unwrap() = attack;
+    let bundle = fx.full_bundle();
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.query(&s, entry(&bundle), kind, q, Vec::new(), payloads),
+    )
+    .await
+    .map_err(|_| "the client hung (30 s)");
+    *p.attack.lock().unwrap() = Attack::Honest;
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lie_fails_closed_with_one_error() {
+    let fx = mlhe();
+    let server = TestServer::hosting(&[fx], ServerLimits::default()).await;
+    let p = proxy(&server).await;
+    let q = fx.query_points(1, 5).remove(0);
+    // A range covering every record, and a kNN whose answer pivots steer.
+    let everything = QueryKind::Range {
+        radius: fx.radius_for(&q, usize::MAX, &[]),
+    };
+    let knn = QueryKind::Knn { k: 5 };
+    // Honest through the proxy: exact.
+    for kind in [everything, knn] {
+        let got = run(&p, Attack::Honest, kind, &q, true)
+            .await
+            .unwrap()
+            .unwrap();
+        fx.assert_matches(&got, &fx.truth(kind, &q, &[]), "honest proxy");
+    }
+    let attacks = [
+        (Attack::EmptyStart, everything, false),
+        (Attack::DropClass, everything, false),
+        (Attack::RepeatClass, everything, false),
+        (Attack::TrailingBytes, everything, false),
+        (Attack::ShiftPivot(1 << 39), knn, false),
+        (Attack::ShiftPivot(1 << 38), knn, false),
+        (Attack::ShiftPivot(1 << 36), knn, false),
+        (Attack::ShiftPivot(1), knn, false),
+        (Attack::ShiftRow(1 << 39), everything, false),
+        (Attack::ShiftRow(1 << 38), everything, false),
+        (Attack::ShiftRow(3), knn, false),
+        (Attack::TruncateLeaves, everything, false),
+        (Attack::EmptyBlocks, everything, false),
+        (Attack::ReverseIds, everything, false),
+        (Attack::RepeatId, everything, false),
+        (Attack::ForeignId, everything, false),
+        (Attack::SwapLeafReplies, everything, false),
+        (Attack::HugeReply, everything, false),
+        (Attack::SwapPayloads, knn, true),
+    ];
+    let mut failures = Vec::new();
+    for (attack, kind, payloads) in attacks {
+        let outcome = run(&p, attack, kind, &q, payloads).await;
+        let verdict = match outcome {
+            Err(hang) => Some(hang.to_string()),
+            Ok(Ok(got)) => {
+                let want = fx.truth(kind, &q, &[]);
+                let ids: Vec<(u64, u128)> = got
+                    .results
+                    .iter()
+                    .map(|r| (u64::from_str_radix(&r.record_id, 16).unwrap(), r.d2))
+                    .collect();
+                Some(format!(
+                    "accepted the forged reply: {} results, {}",
+                    ids.len(),
+                    if ids == want {
+                        "the right answer by luck".to_string()
+                    } else {
+                        format!("a WRONG answer (truth: {} results)", want.len())
+                    }
+                ))
+            }
+            Ok(Err(e)) if is_integrity(&e) => None,
+            Ok(Err(e)) => Some(format!("failed, but not with the uniform error: {e}")),
+        };
+        if let Some(v) = verdict {
+            failures.push(format!("{attack:?}: {v}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} attacks not caught:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
