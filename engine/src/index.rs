@@ -273,6 +273,28 @@ fn check_load_limits<B>(
     Ok(())
 }
 
+/// What the owner vouches for about one class of an index, delivered to doctors inside their
+/// (sealed) key bundle: the record count and a hash of the public tree shape. The client compares
+/// round 1 with it, so a host cannot present a smaller or rewired tree (issue 17, S1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassManifest {
+    /// The class.
+    pub class: String,
+    /// Records in the class.
+    pub records: u64,
+    /// [`shape_hash`] of the class's tree.
+    pub shape: [u8; 32],
+}
+
+/// The hash of a tree shape (BLAKE3 of a domain string and its postcard encoding).
+pub fn shape_hash(shape: &TreeShape) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"blindkd 2026-11 tree shape v1");
+    // Infallible for a Vec-of-enums value; an empty encoding would still be hashed.
+    h.update(&postcard::to_allocvec(shape).unwrap_or_default());
+    *h.finalize().as_bytes()
+}
+
 /// Serialises header and body into the file format.
 pub fn encode_file<B: Serialize>(header: &IndexHeader, body: &IndexBody<B>) -> Result<Vec<u8>> {
     let h = postcard::to_allocvec(header).map_err(|e| Error::malformed("index header", e))?;

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use blindkd_engine::encoding::{augment, Schema};
-use blindkd_engine::index::{ClassIndex, IndexBody, IndexHeader, IndexId, LeafBlock, SchemeParams};
+use blindkd_engine::index::{
+    shape_hash, ClassIndex, ClassManifest, IndexBody, IndexHeader, IndexId, LeafBlock, SchemeParams,
+};
 use blindkd_engine::tree::{ShapeNode, TreeBuilder};
 
 use crate::crypto::{aead, domain, ClassKey, ClientScheme, RowDomain, RowRef, SchemeId};
@@ -36,6 +38,10 @@ pub struct IndexRecord {
     pub schema: Schema,
     /// Policy classes in the index.
     pub classes: Vec<String>,
+    /// Per class: record count and tree-shape hash, for doctors' bundles (empty for an index
+    /// built before manifests; its bundles cannot be verified).
+    #[serde(default)]
+    pub manifest: Vec<ClassManifest>,
 }
 
 /// The owner key. Secrets zeroize on drop; `Debug` prints no secret; not `Serialize`.
@@ -200,6 +206,12 @@ impl OwnerKey {
                 name: rec.name.clone(),
                 scheme: rec.scheme.clone(),
                 schema: rec.schema.clone(),
+                manifest: rec
+                    .manifest
+                    .iter()
+                    .filter(|m| granted.contains(&&m.class))
+                    .cloned()
+                    .collect(),
                 keys: granted
                     .into_iter()
                     .map(|c| (c.clone(), *self.class_key(rec.scheme.id(), c).expose()))
@@ -235,6 +247,8 @@ pub struct BundleEntry {
     pub schema: Schema,
     /// Class name → class key bytes.
     pub keys: Vec<(String, [u8; 32])>,
+    /// What the owner vouches for about each granted class (record count, shape hash).
+    pub manifest: Vec<ClassManifest>,
 }
 
 impl Drop for BundleEntry {
@@ -253,7 +267,8 @@ impl std::fmt::Debug for Bundle {
     }
 }
 
-const BUNDLE_TAG: &[u8; 8] = b"BKDBNDL1";
+/// Format 2 adds the class manifest.
+const BUNDLE_TAG: &[u8; 8] = b"BKDBNDL2";
 
 impl Bundle {
     /// Serialises (to be sealed to a device key; never sent in the clear).
@@ -268,6 +283,13 @@ impl Bundle {
 
     /// Parses an opened bundle.
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        if b.len() >= 8 && &b[..8] == b"BKDBNDL1" {
+            return Err(Error::UnsupportedVersion(
+                "a format 1 key bundle (no index manifest); ask the hospital for a new bundle \
+                 (`blindkd bundle issue`)"
+                    .into(),
+            ));
+        }
         if b.len() < 8 || &b[..8] != BUNDLE_TAG {
             return Err(Error::malformed("bundle", "bad tag"));
         }
@@ -591,6 +613,14 @@ pub fn build_index<S: ClientScheme>(
         scheme: params,
         schema: schema.clone(),
         classes: by_class.keys().map(|c| (*c).to_string()).collect(),
+        manifest: classes
+            .iter()
+            .map(|c| ClassManifest {
+                class: c.class.clone(),
+                records: c.shape.records(),
+                shape: shape_hash(&c.shape),
+            })
+            .collect(),
     };
     Ok(BuildOutput {
         header,

@@ -215,6 +215,10 @@ struct Driver<S: ClientScheme> {
     total_leaves: u64,
     /// Round 1 answered.
     started: bool,
+    /// What the owner vouches for per class (from the bundle).
+    manifest: HashMap<String, blindkd_engine::index::ClassManifest>,
+    /// Whether round 1 must match the manifest (every scheme but `plain`, the test baseline).
+    require_manifest: bool,
     batch: BatchPolicy,
     best: BinaryHeap<(u128, u64, u32)>,
     hits: Vec<Hit>,
@@ -287,6 +291,12 @@ impl<S: ClientScheme> Driver<S> {
             seen: std::collections::HashSet::new(),
             total_leaves: 0,
             started: false,
+            manifest: entry
+                .manifest
+                .iter()
+                .map(|m| (m.class.clone(), m.clone()))
+                .collect(),
+            require_manifest: S::ID != blindkd_engine::crypto::SchemeId::Plain,
             batch,
             best: BinaryHeap::new(),
             hits: Vec::new(),
@@ -451,6 +461,24 @@ impl<S: ClientScheme> Driver<S> {
             }
             let keys = &self.keys[&c.class];
             c.shape.validate(cap).map_err(|e| lie(e.to_string()))?;
+            match self.manifest.get(&c.class) {
+                Some(m)
+                    if m.records != c.shape.records()
+                        || m.shape != blindkd_engine::index::shape_hash(&c.shape) =>
+                {
+                    return Err(lie(format!(
+                        "the tree of class `{}` is not the one the hospital built",
+                        c.class
+                    )));
+                }
+                None if self.require_manifest => {
+                    return Err(lie(format!(
+                        "the bundle vouches for no tree of class `{}` (an old bundle?)",
+                        c.class
+                    )));
+                }
+                _ => {}
+            }
             let nodes = c.shape.nodes.len();
             if c.pivot_replies.len() != nodes.div_ceil(cap) {
                 return Err(lie("wrong number of pivot replies"));

@@ -13,6 +13,7 @@ use axum::response::Response;
 use blindkd_client::{ClientError, QueryOutcome};
 use blindkd_engine::crypto::mlhe::Mlhe;
 use blindkd_engine::protocol::{BlockReply, PayloadReply, QueryKind, StartReply};
+use blindkd_engine::tree::{ShapeNode, TreeShape};
 use blindkd_keys::token::DeviceKey;
 use blindkd_server::ServerLimits;
 use blindkd_tests::{entry, mlhe, Client, TestServer};
@@ -47,6 +48,10 @@ enum Attack {
     HugeReply,
     /// Trailing bytes after a valid round-1 reply.
     TrailingBytes,
+    /// A tree rewired so that two sibling leaves trade places (renumbered so the shape is still
+    /// well-formed and every slot and mask still matches): pivot bounds then guard the wrong
+    /// records. Only the owner's manifest catches it.
+    RewireShape,
     /// A payload reply with the payloads of two records swapped.
     SwapPayloads,
 }
@@ -98,6 +103,13 @@ fn rewrite(attack: Attack, path: &str, body: Vec<u8>) -> Vec<u8> {
             let mut r = start();
             for c in &mut r.classes {
                 c.pivot_replies[0] = shift(&c.pivot_replies[0], 0, d);
+            }
+            enc(&r)
+        }
+        Attack::RewireShape if is_start => {
+            let mut r = start();
+            for c in &mut r.classes {
+                rewire(&mut c.shape);
             }
             enc(&r)
         }
@@ -154,6 +166,52 @@ fn rewrite(attack: Attack, path: &str, body: Vec<u8>) -> Vec<u8> {
         }
         _ => body,
     }
+}
+
+/// Swaps the first pair of sibling leaves with equal row counts, keeping the shape valid: the
+/// left position gets the right leaf's node (and pivot ball) with the left leaf's number and slots.
+fn rewire(shape: &mut TreeShape) {
+    for v in 0..shape.nodes.len() {
+        let ShapeNode::Inner { left, right } = shape.nodes[v] else {
+            continue;
+        };
+        let (l, r) = (left as usize, right as usize);
+        let (
+            ShapeNode::Leaf {
+                leaf: la,
+                first_slot: sa,
+                rows: ra,
+            },
+            ShapeNode::Leaf {
+                leaf: lb,
+                first_slot: sb,
+                rows: rb,
+            },
+        ) = (shape.nodes[l], shape.nodes[r])
+        else {
+            continue;
+        };
+        if ra != rb {
+            continue;
+        }
+        shape.nodes[v] = ShapeNode::Inner {
+            left: right,
+            right: left,
+        };
+        shape.nodes[r] = ShapeNode::Leaf {
+            leaf: la,
+            first_slot: sa,
+            rows: ra,
+        };
+        shape.nodes[l] = ShapeNode::Leaf {
+            leaf: lb,
+            first_slot: sb,
+            rows: rb,
+        };
+        shape.leaves.swap(la as usize, lb as usize);
+        return;
+    }
+    panic!("no pair of sibling leaves with equal rows to rewire");
 }
 
 /// Postcard encoding behind one object-safe call (the replies are different types).
@@ -292,6 +350,7 @@ async fn every_lie_fails_closed_with_one_error() {
         (Attack::DropClass, everything, false),
         (Attack::RepeatClass, everything, false),
         (Attack::TrailingBytes, everything, false),
+        (Attack::RewireShape, knn, false),
         (Attack::ShiftPivot(1 << 39), knn, false),
         (Attack::ShiftPivot(1 << 38), knn, false),
         (Attack::ShiftPivot(1 << 36), knn, false),
