@@ -178,7 +178,7 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     let bundle_path = dir.join("doctor.bundle");
     blindkd_engine::atomic::write(
         &bundle_path,
-        &token::seal_to_device(&device.public(), &bundle.to_bytes()?)?,
+        &token::seal_to_device(&device.public(), &bundle.to_signed_bytes(&owner)?)?,
     )?;
     println!(
         "    token QR {} ({} chars, QR version {}), bundle {}",
@@ -197,7 +197,13 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
         bail!("the scanned token differs from the issued one");
     }
     let device = read_device(&device_path)?;
-    let bundle = open_bundle(&bundle_path, &device)?;
+    // The device pinned the hospital's issuer key at enrolment: the bundle must carry its
+    // signature, and the bundle's manifest then vouches for the index's trees.
+    let bundle = open_bundle(
+        &bundle_path,
+        &device,
+        &crate::read_issuers(&[pub_path(&key_path)])?,
+    )?;
     let entry = &bundle.entries[0];
     let client = blindkd_client::Client::new(&format!("http://{addr}"))?;
     let session = rt.block_on(client.open_session(&scanned, &device))?;

@@ -348,6 +348,14 @@ pub struct QueryArgs {
     /// Sealed key bundle.
     #[arg(long)]
     pub bundle: PathBuf,
+    /// The hospital's issuer public key (`hospital.key.pub`), pinned when this device was
+    /// enrolled: the bundle must carry its signature. Repeatable.
+    #[arg(long, required = true)]
+    pub issuer: Vec<PathBuf>,
+    /// Allow an index whose scheme is not mlhe (`plain`, `paper-she`): the query is then NOT
+    /// hidden from the server. Tests and benchmarks only.
+    #[arg(long)]
+    pub insecure_scheme: bool,
     /// k nearest records.
     #[arg(long, conflicts_with = "range")]
     pub knn: Option<u32>,
@@ -853,7 +861,7 @@ fn bundle_issue(a: &BundleIssueArgs) -> anyhow::Result<()> {
     let owner = OwnerKey::load(&a.key)?;
     let device = read_device_public(&a.device)?;
     let bundle = owner.bundle(&a.classes, a.index.as_deref())?;
-    let sealed = token::seal_to_device(&device, &bundle.to_bytes()?)?;
+    let sealed = token::seal_to_device(&device, &bundle.to_signed_bytes(&owner)?)?;
     blindkd_engine::atomic::write(&a.out, &sealed)?;
     for e in &bundle.entries {
         let classes: Vec<&str> = e.keys.iter().map(|(c, _)| c.as_str()).collect();
@@ -868,11 +876,30 @@ fn bundle_issue(a: &BundleIssueArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn open_bundle(path: &Path, device: &DeviceKey) -> anyhow::Result<Bundle> {
+/// Opens a sealed bundle and verifies that a pinned issuer signed it.
+pub(crate) fn open_bundle(
+    path: &Path,
+    device: &DeviceKey,
+    issuers: &token::Issuers,
+) -> anyhow::Result<Bundle> {
     let sealed = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let plain = token::open_sealed(device, &sealed)
         .with_context(|| format!("opening {} with this device key", path.display()))?;
-    Ok(Bundle::from_bytes(&plain)?)
+    let (bundle, _) =
+        Bundle::from_bytes(&plain, issuers).with_context(|| format!("{}", path.display()))?;
+    Ok(bundle)
+}
+
+/// Reads the issuer files a device pinned at enrolment.
+pub(crate) fn read_issuers(paths: &[PathBuf]) -> anyhow::Result<token::Issuers> {
+    let mut issuers = token::Issuers::new();
+    for p in paths {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        token::parse_issuer_lines(&text, &mut issuers)
+            .with_context(|| format!("{}", p.display()))?;
+    }
+    Ok(issuers)
 }
 
 fn query(a: &QueryArgs) -> anyhow::Result<()> {
@@ -883,12 +910,20 @@ fn query(a: &QueryArgs) -> anyhow::Result<()> {
     };
     let text = read_token(&a.token)?;
     let device = read_device(&a.device)?;
-    let bundle = open_bundle(&a.bundle, &device)?;
+    let bundle = open_bundle(&a.bundle, &device, &read_issuers(&a.issuer)?)?;
     let claims = token::decode_unverified(&text)?;
     let id = blindkd_engine::index::parse_id(&claims.aud)?;
     let entry = bundle
         .entry(&id)
         .ok_or_else(|| anyhow::anyhow!("the key bundle has no keys for index {}", claims.aud))?;
+    if entry.scheme.id() != SchemeId::Mlhe && !a.insecure_scheme {
+        bail!(
+            "index {} uses the {} scheme, which does not hide the query from the server; \
+             refusing (pass --insecure-scheme only for tests and benchmarks)",
+            entry.name,
+            entry.scheme.id()
+        );
+    }
     let rt = runtime()?;
     let mut budget_left = 0;
     let out = rt.block_on(async {

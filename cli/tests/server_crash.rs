@@ -87,6 +87,8 @@ fn query_args(base: &str) -> Vec<String> {
         "doctor.device",
         "--bundle",
         "doctor.bundle",
+        "--issuer",
+        "hospital.key.pub",
         "--knn",
         "3",
         "--vector",

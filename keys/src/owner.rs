@@ -267,35 +267,69 @@ impl std::fmt::Debug for Bundle {
     }
 }
 
-/// Format 2 adds the class manifest.
+/// Format 2 adds the class manifest and the owner's signature.
 const BUNDLE_TAG: &[u8; 8] = b"BKDBNDL2";
 
 impl Bundle {
-    /// Serialises (to be sealed to a device key; never sent in the clear).
-    pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
+    /// Serialises and signs with the owner's issuer key (to be sealed to a device key; never
+    /// sent in the clear): `BKDBNDL2 ‖ postcard(issuer, entries) ‖ Ed25519 signature`. The
+    /// signature is what makes a bundle the hospital's: anyone can seal bytes to a device's
+    /// public key (issue 17, B1).
+    pub fn to_signed_bytes(&self, owner: &OwnerKey) -> Result<Zeroizing<Vec<u8>>> {
         let mut out = Zeroizing::new(BUNDLE_TAG.to_vec());
-        let body = Zeroizing::new(
+        let issuer =
+            postcard::to_allocvec(owner.issuer()).map_err(|e| Error::malformed("bundle", e))?;
+        let entries = Zeroizing::new(
             postcard::to_allocvec(&self.entries).map_err(|e| Error::malformed("bundle", e))?,
         );
-        out.extend_from_slice(&body);
+        out.extend_from_slice(&issuer);
+        out.extend_from_slice(&entries);
+        let key = crate::token::IssuerKey::from_bytes(owner.signing_seed());
+        let sig = key.sign_document(domain::BUNDLE_SIGNATURE, &out);
+        out.extend_from_slice(&sig);
         Ok(out)
     }
 
-    /// Parses an opened bundle.
-    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+    /// Parses an opened bundle and verifies its signature against the pinned issuers (the
+    /// hospital's `.pub`, pinned when the device was enrolled). Returns the bundle and its issuer.
+    pub fn from_bytes(
+        b: &[u8],
+        issuers: &blindkd_engine::token::Issuers,
+    ) -> Result<(Self, String)> {
         if b.len() >= 8 && &b[..8] == b"BKDBNDL1" {
             return Err(Error::UnsupportedVersion(
-                "a format 1 key bundle (no index manifest); ask the hospital for a new bundle \
-                 (`blindkd bundle issue`)"
+                "a format 1 key bundle (unsigned, no index manifest); ask the hospital for a new \
+                 bundle (`blindkd bundle issue`)"
                     .into(),
             ));
         }
-        if b.len() < 8 || &b[..8] != BUNDLE_TAG {
+        if b.len() < 8 + 64 || &b[..8] != BUNDLE_TAG {
             return Err(Error::malformed("bundle", "bad tag"));
         }
-        let entries: Vec<BundleEntry> =
-            postcard::from_bytes(&b[8..]).map_err(|e| Error::malformed("bundle", e))?;
-        Ok(Bundle { entries })
+        let (signed, sig) = b.split_at(b.len() - 64);
+        let (issuer, rest): (String, &[u8]) =
+            postcard::take_from_bytes(&signed[8..]).map_err(|e| Error::malformed("bundle", e))?;
+        let key = issuers.get(&issuer).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "the bundle says it is from {issuer:?}, which is not a hospital this device \
+                 trusts (--issuer)"
+            ))
+        })?;
+        let mut sig64 = [0u8; 64];
+        sig64.copy_from_slice(sig);
+        key.verify_document(domain::BUNDLE_SIGNATURE, signed, &sig64)
+            .map_err(|_| {
+                Error::InvalidInput(format!(
+                    "the bundle's signature does not verify under {issuer:?}'s key: it was not \
+                     made by that hospital"
+                ))
+            })?;
+        let (entries, tail): (Vec<BundleEntry>, &[u8]) =
+            postcard::take_from_bytes(rest).map_err(|e| Error::malformed("bundle", e))?;
+        if !tail.is_empty() {
+            return Err(Error::malformed("bundle", "trailing bytes"));
+        }
+        Ok((Bundle { entries }, issuer))
     }
 
     /// The entry for an index id.

@@ -33,3 +33,5 @@ pub const REVOCATION_LIST: &[u8] = b"blindkd 2026-11 revocation list v1";
 pub const MASK_ROW: &str = "blindkd 2026-11 mlhe row mask and check weight";
 /// Mask PRF key of the check rows of one class and index.
 pub const MASK_CHECK: &str = "blindkd 2026-11 mlhe mask check row";
+/// Signature context of a doctor's key bundle (signed by the owner's issuer key, issue 17 B1).
+pub const BUNDLE_SIGNATURE: &[u8] = b"blindkd 2026-11 key bundle v2";
