@@ -22,7 +22,8 @@ use crate::{Error, Result};
 
 /// Current on-disk format version. Bump on any incompatible change and keep a reader for the old one.
 ///
-/// Version 2 (issue 17): mlhe uses a prime plaintext modulus and a check row per block. Version 1
+/// Version 2 (issue 17): mlhe uses a prime plaintext modulus and a check row per block, and the
+/// header names the issuer whose tokens the index accepts. Version 1
 /// `plain` indexes still open; version 1 `mlhe` indexes cannot be verified by a client and are
 /// refused with a message to rebuild them.
 pub const FORMAT_VERSION: u32 = 2;
@@ -77,6 +78,20 @@ pub struct IndexHeader {
     pub records: u64,
     /// Creation time (unix seconds).
     pub created: u64,
+    /// The issuer (hospital) whose tokens may open sessions on this index (format 2; empty for
+    /// a version 1 file: any pinned issuer, as before).
+    pub issuer: String,
+}
+
+/// The header of a format version 1 file (no issuer).
+#[derive(Deserialize)]
+struct IndexHeaderV1 {
+    index_id: IndexId,
+    scheme: SchemeParams,
+    dim: u32,
+    block_capacity: u32,
+    records: u64,
+    created: u64,
 }
 
 /// The body for one scheme: one tree per policy class.
@@ -377,8 +392,21 @@ pub fn split_file<'a>(bytes: &'a [u8], path: &Path) -> Result<RawIndex<'a>> {
             path.display()
         )));
     }
-    let header: IndexHeader =
-        from_exact_bytes(&bytes[16..hend]).map_err(|e| corrupt(format!("header: {e}")))?;
+    let header: IndexHeader = if version == 1 {
+        let h: IndexHeaderV1 =
+            from_exact_bytes(&bytes[16..hend]).map_err(|e| corrupt(format!("header: {e}")))?;
+        IndexHeader {
+            index_id: h.index_id,
+            scheme: h.scheme,
+            dim: h.dim,
+            block_capacity: h.block_capacity,
+            records: h.records,
+            created: h.created,
+            issuer: String::new(),
+        }
+    } else {
+        from_exact_bytes(&bytes[16..hend]).map_err(|e| corrupt(format!("header: {e}")))?
+    };
     Ok(RawIndex {
         version,
         header,
@@ -699,6 +727,7 @@ mod load_limit_tests {
             block_capacity: 8192,
             records: 0,
             created: 0,
+            issuer: String::new(),
         }
     }
 

@@ -640,6 +640,7 @@ pub fn build_index<S: ClientScheme>(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        issuer: owner.issuer().to_string(),
     };
     let record = IndexRecord {
         index_id,

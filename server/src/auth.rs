@@ -208,10 +208,12 @@ impl Auth {
         lock(&self.revoked)?.is_revoked(cti, &self.store)
     }
 
-    /// Verifies token, time claims, audience, revocation, PoP and nonce, then opens a session.
+    /// Verifies token, time claims, audience, the index's issuer, revocation, PoP and nonce, then
+    /// opens a session. `hosted` lists each hosted index with the issuer it names (empty: any
+    /// pinned issuer, for a format 1 index).
     pub fn open_session(
         &self,
-        index_ids: &[IndexId],
+        hosted: &[(IndexId, String)],
         token_text: &str,
         nonce: &[u8],
         pop: &[u8],
@@ -222,9 +224,9 @@ impl Auth {
         let (nonce_arr, nonce_exp) = self.check_nonce(nonce)?;
         // The audience names the index; accept any hosted one.
         let unverified = token::decode_unverified(token_text).map_err(ApiError::from)?;
-        let aud_id = blindkd_engine::index::parse_id(&unverified.aud)
+        let (aud_id, index_issuer) = blindkd_engine::index::parse_id(&unverified.aud)
             .ok()
-            .filter(|id| index_ids.contains(id))
+            .and_then(|id| hosted.iter().find(|(h, _)| *h == id).cloned())
             .ok_or_else(|| {
                 ApiError::new(
                     "wrong_audience",
@@ -237,6 +239,16 @@ impl Auth {
             error,
             cti: Some(claims.cti),
         };
+        // A second hospital's pinned key must not mint tokens for this one's index.
+        if !index_issuer.is_empty() && claims.iss != index_issuer {
+            return Err(refused(ApiError::new(
+                "issuer_not_allowed",
+                format!(
+                    "tokens for this index come from {index_issuer:?}, not {:?}",
+                    claims.iss
+                ),
+            )));
+        }
         if self.is_revoked(&claims.cti).map_err(refused)? {
             return Err(refused(ApiError::new(
                 "revoked",

@@ -37,6 +37,7 @@ pub const CODES: &[(&str, u16)] = &[
     ("expired", 401),
     ("not_yet_valid", 401),
     ("wrong_audience", 401),
+    ("issuer_not_allowed", 403),
     ("revoked", 401),
     ("revocation_unavailable", 503),
     ("missing_pop", 401),

@@ -243,13 +243,20 @@ impl ClientScheme for Mlhe {
         );
         let t = self.t();
         let tt = i128::from(t);
-        // ⟨m, w⟩ mod t, with w's entries taken mod t.
+        // ⟨m, w⟩ mod t, with w's entries taken mod t once: each product is below 2^80 and at most
+        // 65 of them are summed, so one reduction per row suffices.
+        let w_mod: Vec<u128> = plan
+            .w
+            .iter()
+            .map(|&wi| i128::from(wi).rem_euclid(tt) as u128)
+            .collect();
         let mw = |m: &[u64]| -> i128 {
-            m.iter()
-                .zip(&plan.w)
-                .map(|(&mi, &wi)| i128::from(mi) * i128::from(wi).rem_euclid(tt) % tt)
-                .sum::<i128>()
-                % tt
+            let sum: u128 = m
+                .iter()
+                .zip(&w_mod)
+                .map(|(&mi, &wi)| u128::from(mi) * wi)
+                .sum();
+            (sum % u128::from(t)) as i128
         };
         // ⟨aⱼ, w⟩ mod t for every data row, and Σ βⱼ·⟨aⱼ, w⟩.
         let mut inner = Vec::with_capacity(rows.len());
