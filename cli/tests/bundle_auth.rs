@@ -7,47 +7,14 @@
 use std::path::Path;
 
 mod common;
-use common::{blindkd, ok};
+use common::{blindkd, index_cleveland, issue_bundle, issue_token, ok};
 
 fn index(dir: &Path, key: &str, scheme: &str, out: &str) {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/heart-cleveland.data");
-    ok(
-        dir,
-        &[
-            "index",
-            "--key",
-            key,
-            "--input",
-            data.to_str().unwrap(),
-            "--no-header",
-            "--columns",
-            "#0,#3,#4,#7",
-            "--class",
-            "cardiology",
-            "--scheme",
-            scheme,
-            "--out",
-            out,
-        ],
-    );
+    index_cleveland(dir, key, "#0,#3,#4,#7", &["--scheme", scheme], out);
 }
 
 fn bundle(dir: &Path, key: &str, out: &str) {
-    ok(
-        dir,
-        &[
-            "bundle",
-            "issue",
-            "--key",
-            key,
-            "--device",
-            "doctor.device.pub",
-            "--classes",
-            "cardiology",
-            "--out",
-            out,
-        ],
-    );
+    issue_bundle(dir, key, out);
 }
 
 /// `blindkd query` with `bundle`, against a port nothing listens on: every refusal here must
@@ -88,25 +55,12 @@ fn forged_unsigned_and_plain_bundles_are_refused() {
     );
     index(dir, "hospital.key", "mlhe", "cardio.bkd");
     ok(dir, &["device-key", "--out", "doctor.device"]);
-    ok(
+    issue_token(
         dir,
-        &[
-            "token",
-            "issue",
-            "--key",
-            "hospital.key",
-            "--subject",
-            "doctor-0042",
-            "--audience",
-            "cardio",
-            "--classes",
-            "cardiology",
-            "--device",
-            "doctor.device.pub",
-            "--text",
-            "--out",
-            "token.png",
-        ],
+        "hospital.key",
+        "doctor-0042",
+        "cardio",
+        &["--text", "--out", "token.png"],
     );
     bundle(dir, "hospital.key", "real.bundle");
     // The real bundle opens and verifies; the query then fails only on the network.
@@ -127,27 +81,13 @@ fn forged_unsigned_and_plain_bundles_are_refused() {
     // The hospital's own plain-scheme bundle: refused unless the insecure flag is given.
     index(dir, "hospital.key", "plain", "cardio-plain.bkd");
     bundle(dir, "hospital.key", "plain.bundle");
-    let token_for_plain = ok(
+    issue_token(
         dir,
-        &[
-            "token",
-            "issue",
-            "--key",
-            "hospital.key",
-            "--subject",
-            "doctor-0042",
-            "--audience",
-            "cardio-plain",
-            "--classes",
-            "cardiology",
-            "--device",
-            "doctor.device.pub",
-            "--text",
-            "--out",
-            "token.png",
-        ],
+        "hospital.key",
+        "doctor-0042",
+        "cardio-plain",
+        &["--text", "--out", "token.png"],
     );
-    assert!(!token_for_plain.is_empty());
     let (okay, err) = query(dir, "plain.bundle", &[]);
     assert!(!okay && err.contains("does not hide the query"), "{err}");
     let (okay, err) = query(dir, "plain.bundle", &["--insecure-scheme"]);

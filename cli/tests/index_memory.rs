@@ -4,8 +4,6 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-
 mod common;
 use common::{blindkd, ok};
 
@@ -14,26 +12,12 @@ fn a_tiny_file_that_needs_huge_memory_is_refused_at_load() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     ok(dir, &["keygen", "--out", "hospital.key"]);
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/heart-cleveland.data");
-    let out = ok(
+    let out = common::index_cleveland(
         dir,
-        &[
-            "index",
-            "--key",
-            "hospital.key",
-            "--input",
-            data.to_str().unwrap(),
-            "--no-header",
-            "--columns",
-            "#0,#3,#4,#7",
-            "--class",
-            "cardiology",
-            "--leaf-size",
-            "1",
-            "--out",
-            "tiny.bkd",
-            "--json",
-        ],
+        "hospital.key",
+        "#0,#3,#4,#7",
+        &["--leaf-size", "1", "--json"],
+        "tiny.bkd",
     );
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let file = report["file_bytes"].as_u64().unwrap();

@@ -5,15 +5,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{blindkd, ok};
-
-fn dataset() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/heart-cleveland.data")
-}
+use common::{blindkd, index_cleveland, issue_token, ok};
 
 /// A hospital with a key, an index `cardio` and `n` tokens `t-<i>.txt`; returns their ids (hex).
 fn hospital(dir: &Path, n: usize) -> Vec<String> {
@@ -21,47 +17,18 @@ fn hospital(dir: &Path, n: usize) -> Vec<String> {
         dir,
         &["keygen", "--out", "hospital.key", "--issuer", "st-marys"],
     );
-    let data = dataset();
-    ok(
-        dir,
-        &[
-            "index",
-            "--key",
-            "hospital.key",
-            "--input",
-            data.to_str().unwrap(),
-            "--no-header",
-            "--columns",
-            "#0,#1,#2,#3,#4",
-            "--class",
-            "cardiology",
-            "--out",
-            "cardio.bkd",
-        ],
-    );
+    index_cleveland(dir, "hospital.key", "#0,#1,#2,#3,#4", &[], "cardio.bkd");
     ok(dir, &["device-key", "--out", "doctor.device"]);
     (0..n)
         .map(|i| {
             let out = format!("t-{i}.png");
-            ok(
+            let subject = format!("doctor-{i}");
+            issue_token(
                 dir,
-                &[
-                    "token",
-                    "issue",
-                    "--key",
-                    "hospital.key",
-                    "--subject",
-                    &format!("doctor-{i}"),
-                    "--audience",
-                    "cardio",
-                    "--classes",
-                    "cardiology",
-                    "--device",
-                    "doctor.device.pub",
-                    "--text",
-                    "--out",
-                    &out,
-                ],
+                "hospital.key",
+                &subject,
+                "cardio",
+                &["--text", "--out", &out],
             );
             let text = std::fs::read_to_string(dir.join(format!("t-{i}.txt"))).unwrap();
             hex::encode(

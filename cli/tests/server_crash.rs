@@ -5,17 +5,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 use blindkd_tests::{error_reply, http, post_session, raw_session};
-use common::ok;
-
-fn dataset() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/heart-cleveland.data")
-}
+use common::{index_cleveland, issue_bundle, issue_token, ok};
 
 /// Starts `blindkd serve` on a free loopback port; returns the child and its base URL once it
 /// listens.
@@ -125,67 +121,29 @@ fn a_killed_server_keeps_every_acknowledged_charge() {
         dir,
         &["keygen", "--out", "hospital.key", "--issuer", "st-marys"],
     );
-    let data = dataset();
-    ok(
+    index_cleveland(
         dir,
+        "hospital.key",
+        "#0,#1,#2,#3,#4,#5,#6,#7,#8,#9,#10,#11,#12",
         &[
-            "index",
-            "--key",
-            "hospital.key",
-            "--input",
-            data.to_str().unwrap(),
-            "--no-header",
-            "--columns",
-            "#0,#1,#2,#3,#4,#5,#6,#7,#8,#9,#10,#11,#12",
             "--payload-columns",
             "#13",
-            "--class",
-            "cardiology",
             "--normalize",
             "zscore",
             "--leaf-size",
             "32",
-            "--out",
-            "cardio.bkd",
         ],
+        "cardio.bkd",
     );
     ok(dir, &["device-key", "--out", "doctor.device"]);
-    ok(
+    issue_token(
         dir,
-        &[
-            "token",
-            "issue",
-            "--key",
-            "hospital.key",
-            "--subject",
-            "doctor-0042",
-            "--audience",
-            "cardio",
-            "--classes",
-            "cardiology",
-            "--budget",
-            "1000",
-            "--device",
-            "doctor.device.pub",
-            "--out",
-            "token.png",
-        ],
+        "hospital.key",
+        "doctor-0042",
+        "cardio",
+        &["--budget", "1000", "--out", "token.png"],
     );
-    ok(
-        dir,
-        &[
-            "bundle",
-            "issue",
-            "--key",
-            "hospital.key",
-            "--device",
-            "doctor.device.pub",
-            "--classes",
-            "cardiology",
-            "--out",
-            "doctor.bundle",
-        ],
-    );
+    issue_bundle(dir, "hospital.key", "doctor.bundle");
 
     // First life: three queries; the same query costs the same each time.
     let (mut server, base) = serve(dir);

@@ -24,3 +24,75 @@ pub(crate) fn ok(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// The bundled Cleveland heart data (303 records, 14 columns, no header).
+pub(crate) fn cleveland() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/heart-cleveland.data")
+}
+
+/// `blindkd index` of the Cleveland data into `out`, one class `cardiology`, with `key` and the
+/// given feature `columns`, plus `extra` flags; returns its standard output.
+pub(crate) fn index_cleveland(
+    dir: &Path,
+    key: &str,
+    columns: &str,
+    extra: &[&str],
+    out: &str,
+) -> String {
+    let data = cleveland();
+    let mut args = vec![
+        "index",
+        "--key",
+        key,
+        "--input",
+        data.to_str().unwrap(),
+        "--no-header",
+        "--columns",
+        columns,
+        "--class",
+        "cardiology",
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    ok(dir, &args)
+}
+
+/// `blindkd token issue` with `key` for `doctor.device.pub`, class `cardiology`, plus `extra`.
+pub(crate) fn issue_token(dir: &Path, key: &str, subject: &str, audience: &str, extra: &[&str]) {
+    let mut args = vec![
+        "token",
+        "issue",
+        "--key",
+        key,
+        "--subject",
+        subject,
+        "--audience",
+        audience,
+        "--classes",
+        "cardiology",
+        "--device",
+        "doctor.device.pub",
+    ];
+    args.extend_from_slice(extra);
+    ok(dir, &args);
+}
+
+/// `blindkd bundle issue` with `key` for `doctor.device.pub`, class `cardiology`, into `out`.
+pub(crate) fn issue_bundle(dir: &Path, key: &str, out: &str) {
+    ok(
+        dir,
+        &[
+            "bundle",
+            "issue",
+            "--key",
+            key,
+            "--device",
+            "doctor.device.pub",
+            "--classes",
+            "cardiology",
+            "--out",
+            out,
+        ],
+    );
+}
