@@ -217,7 +217,7 @@ impl<S: ClientScheme> ScanLane<S> {
         let mut keys = Vec::new();
         let mut rows = Vec::new();
         for cls in &server.classes {
-            let ck = owner.class_key(S::ID, &cls.class);
+            let ck = owner.class_key(S::ID, &cls.class, &built.record.index_id);
             keys.push(server.scheme.derive_key(&ck, &built.record.index_id)?);
             let mut per_leaf = Vec::with_capacity(cls.shape.leaves.len());
             for (leaf, &node) in cls.shape.leaves.iter().enumerate() {

@@ -285,7 +285,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             let she = if (has("paper-she") || has("paper-she-scan")) && she_ok {
                 let mut id = [0u8; 16];
                 rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
-                let ck = owner.class_key(blindkd_engine::crypto::SchemeId::PaperShe, "");
+                let ck = owner.class_key(blindkd_engine::crypto::SchemeId::PaperShe, "", &id);
                 let t = Instant::now();
                 let (s, _key) = blindkd_keys::crypto::she::PaperSheClient::setup(&ck, &id)?;
                 let keygen_s = t.elapsed().as_secs_f64();

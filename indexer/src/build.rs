@@ -216,7 +216,7 @@ pub fn seal(
         }
         #[cfg(feature = "paper-she")]
         SchemeId::PaperShe => {
-            let class_key = owner.class_key(SchemeId::PaperShe, "");
+            let class_key = owner.class_key(SchemeId::PaperShe, "", &index_id);
             let (s, _key) =
                 blindkd_keys::crypto::she::PaperSheClient::setup(&class_key, &index_id)?;
             let p = SchemeParams::PaperShe(s.param_bytes()?);

@@ -42,6 +42,10 @@ pub struct IndexRecord {
     /// built before manifests; its bundles cannot be verified).
     #[serde(default)]
     pub manifest: Vec<ClassManifest>,
+    /// Whether class keys are per index (every index built since issue 17); older records use
+    /// one key per class for all indexes.
+    #[serde(default)]
+    pub per_index_keys: bool,
 }
 
 /// The owner key. Secrets zeroize on drop; `Debug` prints no secret; not `Serialize`.
@@ -111,16 +115,34 @@ impl OwnerKey {
         &self.signing_seed
     }
 
-    /// The key of one policy class for one scheme. paper-she has one key per index (its public
-    /// modulus is per key), so every class shares it: another reason it is a baseline only.
-    pub fn class_key(&self, scheme: SchemeId, class: &str) -> ClassKey {
-        let (ctx, salt) = match scheme {
-            SchemeId::PaperShe => (domain::SHE_KEY, &b""[..]),
-            _ => (domain::CLASS_KEY, class.as_bytes()),
+    /// The key of one policy class of one index (issue 17, B2): `KDF(master, index id ‖ class)`,
+    /// so a bundle for one index opens no other index, past or future, and a rebuilt index (a new
+    /// id) needs new bundles. paper-she has one key per owner (its `setup` derives the per-index
+    /// key), shared by every class: another reason it is a baseline only.
+    pub fn class_key(&self, scheme: SchemeId, class: &str, index_id: &IndexId) -> ClassKey {
+        let mut h = match scheme {
+            SchemeId::PaperShe => blake3::Hasher::new_derive_key(domain::SHE_KEY),
+            _ => {
+                let mut h = blake3::Hasher::new_derive_key(domain::CLASS_KEY_PER_INDEX);
+                h.update(index_id);
+                h.update(class.as_bytes());
+                h
+            }
         };
-        let mut h = blake3::Hasher::new_derive_key(ctx);
         h.update(&*self.master);
-        h.update(salt);
+        ClassKey::from_bytes(*h.finalize().as_bytes())
+    }
+
+    /// The class key of an index this key built, by the derivation it was built with: indexes
+    /// built before per-index keys (format 1 records) keep `KDF(master, class)`.
+    pub fn record_class_key(&self, rec: &IndexRecord, class: &str) -> ClassKey {
+        let scheme = rec.scheme.id();
+        if rec.per_index_keys || scheme == SchemeId::PaperShe {
+            return self.class_key(scheme, class, &rec.index_id);
+        }
+        let mut h = blake3::Hasher::new_derive_key(domain::CLASS_KEY);
+        h.update(&*self.master);
+        h.update(class.as_bytes());
         ClassKey::from_bytes(*h.finalize().as_bytes())
     }
 
@@ -214,7 +236,7 @@ impl OwnerKey {
                     .collect(),
                 keys: granted
                     .into_iter()
-                    .map(|c| (c.clone(), *self.class_key(rec.scheme.id(), c).expose()))
+                    .map(|c| (c.clone(), *self.record_class_key(rec, c).expose()))
                     .collect(),
             });
         }
@@ -543,7 +565,7 @@ pub fn build_index<S: ClientScheme>(
     let done = AtomicU64::new(0);
     let mut classes = Vec::with_capacity(by_class.len());
     for (class, members) in &by_class {
-        let class_key = owner.class_key(S::ID, class);
+        let class_key = owner.class_key(S::ID, class, &index_id);
         let key = scheme.derive_key(&class_key, &index_id)?;
         let points: Vec<Vec<i64>> = members.iter().map(|&i| records[i].x.clone()).collect();
         let tree = TreeBuilder::new(leaf_size, weights.clone()).build(&points);
@@ -656,6 +678,7 @@ pub fn build_index<S: ClientScheme>(
                 shape: shape_hash(&c.shape),
             })
             .collect(),
+        per_index_keys: true,
     };
     Ok(BuildOutput {
         header,

@@ -636,8 +636,11 @@ fn paper_she_matches_brute_force() {
     use blindkd_keys::crypto::SchemeId;
     let owner = OwnerKey::generate("she-hospital").unwrap();
     let index_id = [9u8; 16];
-    let (she, _key) =
-        PaperSheClient::setup(&owner.class_key(SchemeId::PaperShe, ""), &index_id).unwrap();
+    let (she, _key) = PaperSheClient::setup(
+        &owner.class_key(SchemeId::PaperShe, "", &index_id),
+        &index_id,
+    )
+    .unwrap();
     let params = SchemeParams::PaperShe(she.param_bytes().unwrap());
     let s = schema(4, 1.0, 16, None);
     let records = records_from(points(120, 4, Dist::Clustered, 33), &["a", "b"]);

@@ -35,3 +35,6 @@ pub const MASK_ROW: &str = "blindkd 2026-11 mlhe row mask and check weight";
 pub const MASK_CHECK: &str = "blindkd 2026-11 mlhe mask check row";
 /// Signature context of a doctor's key bundle (signed by the owner's issuer key, issue 17 B1).
 pub const BUNDLE_SIGNATURE: &[u8] = b"blindkd 2026-11 key bundle v2";
+/// Per-class, per-index key from the owner master secret (issue 17 B2; replaces [`CLASS_KEY`]
+/// for indexes built since).
+pub const CLASS_KEY_PER_INDEX: &str = "blindkd 2026-11 class key per index";
