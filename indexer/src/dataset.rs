@@ -263,6 +263,27 @@ pub enum DatasetError {
         /// First occurrence.
         first_line: u64,
     },
+    /// A class name a token could not name: empty, longer than 64 characters, or with control
+    /// characters (which would also rewrite terminal output wherever the name is shown).
+    #[error("line {line}: class {class:?} must be 1–64 characters without control characters")]
+    BadClass {
+        /// The class, escaped and truncated.
+        class: String,
+        /// Where (0: the --class option).
+        line: u64,
+    },
+}
+
+/// Checks a class name (see [`DatasetError::BadClass`]).
+fn check_class(class: &str, line: u64) -> Result<(), DatasetError> {
+    let n = class.chars().count();
+    if n == 0 || n > 64 || class.chars().any(char::is_control) {
+        return Err(DatasetError::BadClass {
+            class: truncate(&class.escape_debug().to_string()),
+            line,
+        });
+    }
+    Ok(())
 }
 
 impl FromStr for ColumnSel {
@@ -658,7 +679,10 @@ impl Plan {
         let id = opts.id_column.as_ref().map(resolve).transpose()?;
         let (class, fixed_class) = match &opts.class {
             ClassSource::Column(sel) => (Some(resolve(sel)?), String::new()),
-            ClassSource::Fixed(c) => (None, c.clone()),
+            ClassSource::Fixed(c) => {
+                check_class(c, 0)?;
+                (None, c.clone())
+            }
         };
         let payload = opts
             .payload_columns
@@ -782,7 +806,11 @@ impl Loader<'_> {
         }
         self.seen_ids.insert(id.clone(), line);
         let class = match self.plan.class {
-            Some(i) => cell(i).to_string(),
+            Some(i) => {
+                let c = cell(i).to_string();
+                check_class(&c, line)?;
+                c
+            }
             None => self.plan.fixed_class.clone(),
         };
         let payload = self

@@ -363,3 +363,32 @@ fn quoting_crlf_bom_and_other_delimiters() {
     let ds = load_str("1\t2\r\n\r\n 3   4\r\n", &ws).unwrap();
     assert_eq!(ds.records[1].features, vec![3.0, 4.0]);
 }
+
+/// Issue 17, U1: a class name with terminal control characters (or empty, or too long) is refused
+/// when the CSV is read, so it never reaches an index, a token or a screen.
+#[test]
+fn class_names_with_control_characters_are_refused() {
+    let opts = LoadOptions {
+        class: ClassSource::Column(ColumnSel::Name("dept".into())),
+        ..LoadOptions::default()
+    };
+    let long = "x".repeat(65);
+    for bad in ["cardio\u{1b}[2J", "on\u{7}cology", long.as_str()] {
+        let e = load_str(&format!("age,sbp,dept\n1,2,{bad}\n"), &opts).unwrap_err();
+        assert!(
+            matches!(e, DatasetError::BadClass { line: 2, .. }),
+            "{bad:?}: {e:?}"
+        );
+        assert!(
+            !e.to_string().contains('\u{1b}'),
+            "the error itself prints the escape: {e}"
+        );
+    }
+    load_str("age,sbp,dept\n1,2,cardiologie-été\n", &opts).unwrap();
+    let fixed = LoadOptions {
+        class: ClassSource::Fixed("a\u{1b}b".into()),
+        ..LoadOptions::default()
+    };
+    let e = load_str("age,sbp\n1,2\n", &fixed).unwrap_err();
+    assert!(matches!(e, DatasetError::BadClass { line: 0, .. }), "{e:?}");
+}
