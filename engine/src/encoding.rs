@@ -320,7 +320,7 @@ mod tests {
     #[test]
     fn overflow_check_names_a_column() {
         let s = schema(32);
-        // 32 · (2·(2^16−1))² < 2^39 fits t = 2^40 opened centred.
+        // 32 · (2·(2^16−1))² = 2^39 − 2^24 + 128 fits below 2^39 (mlhe opens below t/2 ≈ 2^39 − 2^16).
         s.check_overflow(1 << 39).unwrap();
         let mut heavy = schema(32);
         heavy.columns[5].weight = 4;
