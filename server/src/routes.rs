@@ -187,6 +187,26 @@ fn admit<'a>(s: &'a AppState, pass: &Pass) -> Result<crate::auth::TokenRequest<'
         })
 }
 
+/// Reads and discards the body of a request refused before its body was read (bounded in bytes
+/// and time, never buffered), then returns the refusal. A server that answers and closes while
+/// the client is still sending makes the TCP stack reset the connection, and the client sees a
+/// transport error instead of the `overloaded` it would retry.
+async fn drained(s: &AppState, req: Request, limit: usize, refusal: ApiError) -> ApiError {
+    use http_body_util::BodyExt;
+    let mut body = req.into_body();
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(s.limits.request_timeout, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > limit {
+                break;
+            }
+        }
+    })
+    .await;
+    refusal
+}
+
 /// Audits a refused request of an authorised session (rate-limited like every refusal).
 fn audit_refusal(s: &AppState, event: &str, pass: &Pass, code: &str) {
     s.audit.record_refusal(
@@ -410,7 +430,10 @@ async fn start_query(
     let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
     // Per-token in-flight cap before the (up to 16 MiB) body is read: one token cannot hold many
     // large bodies or every evaluation slot.
-    let _turn = admit(&s, &pass)?;
+    let _turn = match admit(&s, &pass) {
+        Ok(turn) => turn,
+        Err(e) => return Err(drained(&s, req, s.limits.max_query_body, e).await),
+    };
     let body = read_body(&s, req, s.limits.max_query_body, OCTET)
         .await
         .map_err(|e| err(&s, e))?;
@@ -491,7 +514,10 @@ async fn blocks(
 ) -> Result<Response, ApiError> {
     let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
     let q = s.queries.get(&pass, &qid).map_err(|e| err(&s, e))?;
-    let _turn = admit(&s, &pass)?;
+    let _turn = match admit(&s, &pass) {
+        Ok(turn) => turn,
+        Err(e) => return Err(drained(&s, req, s.limits.max_small_body, e).await),
+    };
     let body = read_body(&s, req, s.limits.max_small_body, OCTET)
         .await
         .map_err(|e| err(&s, e))?;
@@ -570,7 +596,10 @@ async fn payloads(
     req: Request,
 ) -> Result<Response, ApiError> {
     let pass = authorize(&s, req.headers(), &id).map_err(|e| err(&s, e))?;
-    let _turn = admit(&s, &pass)?;
+    let _turn = match admit(&s, &pass) {
+        Ok(turn) => turn,
+        Err(e) => return Err(drained(&s, req, s.limits.max_small_body, e).await),
+    };
     let body = read_body(&s, req, s.limits.max_small_body, OCTET)
         .await
         .map_err(|e| err(&s, e))?;
