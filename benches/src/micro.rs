@@ -5,7 +5,10 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use blindkd_engine::crypto::mlhe::{Mlhe, MlheBlock, DEGREE};
+use blindkd_engine::crypto::mlhe::{Mlhe, MlheBlock, CHECK_ROWS, DEGREE};
+
+/// Records in a full mlhe block (the last row is the check row).
+const FULL: usize = DEGREE - CHECK_ROWS;
 use blindkd_engine::encoding::{augment, QueryPlan};
 use blindkd_keys::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef, Scheme};
 use rand::{Rng, SeedableRng};
@@ -64,11 +67,11 @@ pub struct MlheFixture {
 }
 
 impl MlheFixture {
-    /// A full 8192-row block at dimension `d`.
+    /// A full block (8191 records and the check row) at dimension `d`.
     pub fn new(d: usize) -> anyhow::Result<Self> {
         let m = Mlhe::new()?;
         let key = m.derive_key(&ClassKey::from_bytes([7; 32]), &[1; 16])?;
-        let r = rows(DEGREE, d, 1);
+        let r = rows(FULL, d, 1);
         let block = m.seal_block(&key, &r)?;
         let refs = r.iter().map(|(x, _)| *x).collect();
         let session = m.new_session()?;
@@ -141,7 +144,7 @@ pub fn run(reps: usize) -> anyhow::Result<String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "## Micro-benchmarks (d = {d}, N = 8192, full 8192-row block, median of {reps}, {threads} rayon thread(s))\n"
+        "## Micro-benchmarks (d = {d}, N = 8192, full block of 8191 records + check row, median of {reps}, {threads} rayon thread(s))\n"
     );
     let _ = writeln!(s, "| operation | median |\n|---|---:|");
     let f = MlheFixture::new(d)?;
@@ -181,13 +184,13 @@ pub fn run(reps: usize) -> anyhow::Result<String> {
         let _ = std::hint::black_box(m.open(&f.key, &f.session, &reply, &f.plan, &f.refs));
     });
     let got = m.open(&f.key, &f.session, &reply, &f.plan, &f.refs)?;
-    anyhow::ensure!(got.len() == DEGREE, "open returned {} rows", got.len());
+    anyhow::ensure!(got.len() == FULL, "open returned {} rows", got.len());
     let t_sealblock = median_us(reps.min(5), || {
-        let r = rows(DEGREE, d, 2);
+        let r = rows(FULL, d, 2);
         let _ = std::hint::black_box(m.seal_block(&f.key, &r));
     });
     let sealed_len = f.query_bytes.len();
-    let per = |us: f64| us / DEGREE as f64;
+    let per = |us: f64| us / FULL as f64;
     let lines = [
         (
             "client: seal query (d+1 = 11 ciphertexts)",
@@ -226,7 +229,7 @@ pub fn run(reps: usize) -> anyhow::Result<String> {
             ),
         ),
         (
-            "client: `open` (parse + decrypt + unmask 8192 rows)",
+            "client: `open` (parse + decrypt + unmask + check 8191 rows)",
             format!("{:.2} ms ({:.3} µs/record)", t_open / 1e3, per(t_open)),
         ),
         (
@@ -234,7 +237,7 @@ pub fn run(reps: usize) -> anyhow::Result<String> {
             format!("{:.2} ms", t_prepare / 1e3),
         ),
         (
-            "owner: `seal_block` 8192 rows (masks)",
+            "owner: `seal_block` 8191 rows (masks, check row)",
             format!(
                 "{:.2} ms ({:.3} µs/record)",
                 t_sealblock / 1e3,
