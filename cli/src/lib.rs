@@ -3,6 +3,7 @@
 mod audit;
 mod demo;
 mod revoke;
+mod rotate;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -19,6 +20,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use audit::{AuditCmd, AuditVerifyArgs};
 pub use demo::demo;
+pub use rotate::{RotateCmd, RotateSigningArgs};
 
 /// blindkd: exact similarity search over an encrypted k-d tree index of patient records.
 #[derive(Parser, Debug)]
@@ -61,6 +63,9 @@ pub enum Cmd {
     /// Server audit logs: verify the hash chain.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Hospital: rotate keys (the token- and bundle-signing key).
+    #[command(subcommand)]
+    Rotate(rotate::RotateCmd),
 }
 
 /// `keygen`.
@@ -420,6 +425,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Cmd::Bench(a) => blindkd_benches::run(&a),
                 Cmd::Load(a) => blindkd_benches::load::run(&a),
                 Cmd::Audit(a) => audit::run(&a),
+                Cmd::Rotate(a) => rotate::run(&a),
                 Cmd::Serve(_) => unreachable!("handled above"),
             }
         }
@@ -671,14 +677,17 @@ fn device_key(a: &DeviceKeyArgs) -> anyhow::Result<()> {
 
 /// Writes the owner key (mode 0600) and, beside it, its issuer line (`.pub`, for the query
 /// server); returns the `.pub` path.
+/// Saves the owner key (0600) and, beside it, the issuer file servers and devices pin: one line
+/// per signing key still valid (previous ones first, the current one last).
 pub(crate) fn save_owner_key(owner: &OwnerKey, path: &Path) -> anyhow::Result<PathBuf> {
     owner.save(path)?;
-    let public = IssuerKey::from_bytes(owner.signing_seed()).public();
+    let lines: String = owner
+        .issuer_publics()?
+        .iter()
+        .map(|k| token::issuer_line(owner.issuer(), k))
+        .collect();
     let pubp = pub_path(path);
-    blindkd_engine::atomic::write(
-        &pubp,
-        token::issuer_line(owner.issuer(), &public).as_bytes(),
-    )?;
+    blindkd_engine::atomic::write(&pubp, lines.as_bytes())?;
     Ok(pubp)
 }
 

@@ -22,17 +22,21 @@ pub(crate) fn list_path(key: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn issuers_of(owner: &OwnerKey) -> (IssuerKey, Issuers) {
+/// The current signing key, and every key of this issuer still pinned (a list or token signed
+/// before a rotation still verifies).
+fn issuers_of(owner: &OwnerKey) -> anyhow::Result<(IssuerKey, Issuers)> {
     let key = IssuerKey::from_bytes(owner.signing_seed());
-    let issuers = [(owner.issuer().to_string(), key.public())]
+    let issuers = owner
+        .issuer_publics()?
         .into_iter()
+        .map(|k| (owner.issuer().to_string(), k))
         .collect();
-    (key, issuers)
+    Ok((key, issuers))
 }
 
 /// Writes an empty signed list (serial 0) for a new owner key.
 pub(crate) fn write_empty(owner: &OwnerKey, path: &Path) -> anyhow::Result<()> {
-    let (key, _) = issuers_of(owner);
+    let (key, _) = issuers_of(owner)?;
     let text = key.sign_revocation_list(&RevocationList::new(owner.issuer()))?;
     blindkd_engine::atomic::write(path, text.as_bytes())?;
     Ok(())
@@ -56,7 +60,7 @@ fn lock(path: &Path) -> anyhow::Result<std::fs::File> {
 
 pub(crate) fn token_revoke(a: &TokenRevokeArgs) -> anyhow::Result<()> {
     let owner = OwnerKey::load(&a.key)?;
-    let (key, issuers) = issuers_of(&owner);
+    let (key, issuers) = issuers_of(&owner)?;
     let text = read_token(&a.token)?;
     let claims = token::decode_unverified(&text)?;
     // Check the signature only; an expired token may still be revoked.

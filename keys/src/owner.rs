@@ -22,6 +22,7 @@ use blindkd_engine::tree::{ShapeNode, TreeBuilder};
 
 use crate::crypto::{aead, domain, ClassKey, ClientScheme, RowDomain, RowRef, SchemeId};
 use crate::{Error, Result};
+use blindkd_engine::token::IssuerPublic;
 
 const KEY_FILE_TAG: &str = "blindkd-owner-key-v1";
 
@@ -48,11 +49,23 @@ pub struct IndexRecord {
     pub per_index_keys: bool,
 }
 
+/// A signing key the owner rotated away from: its public half stays pinned on servers and
+/// devices until the tokens and bundles it signed have expired (`blindkd rotate signing-key`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSigningKey {
+    /// The public key (`bkd-issuer:…`).
+    pub public: String,
+    /// When it stopped signing (Unix seconds).
+    pub retired_at: i64,
+}
+
 /// The owner key. Secrets zeroize on drop; `Debug` prints no secret; not `Serialize`.
 pub struct OwnerKey {
     issuer: String,
     signing_seed: Zeroizing<[u8; 32]>,
     master: Zeroizing<[u8; 32]>,
+    /// Signing keys rotated away from, oldest first (public halves only).
+    previous_signing: Vec<PreviousSigningKey>,
     /// Indexes built with this key.
     pub indexes: Vec<IndexRecord>,
 }
@@ -73,6 +86,8 @@ struct KeyFile {
     issuer: String,
     signing_seed: String,
     master: String,
+    #[serde(default)]
+    previous_signing: Vec<PreviousSigningKey>,
     indexes: Vec<IndexRecord>,
 }
 
@@ -101,6 +116,7 @@ impl OwnerKey {
             issuer: issuer.to_string(),
             signing_seed: s,
             master: m,
+            previous_signing: Vec::new(),
             indexes: Vec::new(),
         })
     }
@@ -146,6 +162,40 @@ impl OwnerKey {
         ClassKey::from_bytes(*h.finalize().as_bytes())
     }
 
+    /// Starts signing with a fresh key (issue 17 B2). The previous key's public half is kept,
+    /// with the time it retired, so servers and devices keep accepting what it signed until that
+    /// expires; [`OwnerKey::drop_previous_signing_keys`] ends that.
+    pub fn rotate_signing_key(&mut self, now: i64) {
+        let old = crate::token::IssuerKey::from_bytes(&self.signing_seed).public();
+        self.previous_signing.push(PreviousSigningKey {
+            public: old.to_string(),
+            retired_at: now,
+        });
+        rand::rng().fill_bytes(&mut *self.signing_seed);
+    }
+
+    /// Forgets the previous signing keys (once their tokens have expired); returns how many.
+    pub fn drop_previous_signing_keys(&mut self) -> usize {
+        std::mem::take(&mut self.previous_signing).len()
+    }
+
+    /// The signing keys rotated away from, oldest first.
+    pub fn previous_signing_keys(&self) -> &[PreviousSigningKey] {
+        &self.previous_signing
+    }
+
+    /// Every public key servers and devices should pin for this issuer: the previous ones, then
+    /// the current one.
+    pub fn issuer_publics(&self) -> Result<Vec<IssuerPublic>> {
+        let mut out = self
+            .previous_signing
+            .iter()
+            .map(|p| p.public.parse::<IssuerPublic>())
+            .collect::<Result<Vec<_>>>()?;
+        out.push(crate::token::IssuerKey::from_bytes(&self.signing_seed).public());
+        Ok(out)
+    }
+
     /// Serialises the key file (secrets as hex). Write it with [`OwnerKey::save`].
     fn to_file_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
         let kf = KeyFile {
@@ -153,6 +203,7 @@ impl OwnerKey {
             issuer: self.issuer.clone(),
             signing_seed: hex::encode(*self.signing_seed),
             master: hex::encode(*self.master),
+            previous_signing: self.previous_signing.clone(),
             indexes: self.indexes.clone(),
         };
         serde_json::to_vec_pretty(&kf)
@@ -194,6 +245,7 @@ impl OwnerKey {
             issuer: kf.issuer.clone(),
             signing_seed: dec(&kf.signing_seed)?,
             master: dec(&kf.master)?,
+            previous_signing: kf.previous_signing.clone(),
             indexes: kf.indexes.clone(),
         })
     }
@@ -331,15 +383,16 @@ impl Bundle {
         let (signed, sig) = b.split_at(b.len() - 64);
         let (issuer, rest): (String, &[u8]) =
             postcard::take_from_bytes(&signed[8..]).map_err(|e| Error::malformed("bundle", e))?;
-        let key = issuers.get(&issuer).ok_or_else(|| {
-            Error::InvalidInput(format!(
+        if issuers.keys_of(&issuer).is_empty() {
+            return Err(Error::InvalidInput(format!(
                 "the bundle says it is from {issuer:?}, which is not a hospital this device \
                  trusts (--issuer)"
-            ))
-        })?;
+            )));
+        }
         let mut sig64 = [0u8; 64];
         sig64.copy_from_slice(sig);
-        key.verify_document(domain::BUNDLE_SIGNATURE, signed, &sig64)
+        issuers
+            .verify_document(&issuer, domain::BUNDLE_SIGNATURE, signed, &sig64)
             .map_err(|_| {
                 Error::InvalidInput(format!(
                     "the bundle's signature does not verify under {issuer:?}'s key: it was not \

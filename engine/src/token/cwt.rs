@@ -83,10 +83,12 @@ impl FromStr for IssuerPublic {
     }
 }
 
-/// The pinned issuer keys a verifier trusts, by issuer name (the token's `kid` and `iss`).
+/// The pinned issuer keys a verifier trusts, by issuer name (the token's `kid` and `iss`). An
+/// issuer may have several keys at once: its current signing key and the previous ones whose
+/// tokens have not expired yet (`blindkd rotate signing-key`, issue 17 B2).
 #[derive(Clone, Debug, Default)]
 pub struct Issuers {
-    keys: BTreeMap<String, IssuerPublic>,
+    keys: BTreeMap<String, Vec<IssuerPublic>>,
 }
 
 impl Issuers {
@@ -95,19 +97,57 @@ impl Issuers {
         Self::default()
     }
 
-    /// Pins `key` for issuer `name`, replacing any key pinned for that name before.
+    /// Pins `key` for issuer `name`, next to the keys pinned for that name before (a key pinned
+    /// twice is kept once).
     pub fn insert(&mut self, name: impl Into<String>, key: IssuerPublic) {
-        self.keys.insert(name.into(), key);
+        let keys = self.keys.entry(name.into()).or_default();
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
     }
 
-    /// The key pinned for `name`.
+    /// The newest key pinned for `name`.
     pub fn get(&self, name: &str) -> Option<&IssuerPublic> {
-        self.keys.get(name)
+        self.keys.get(name).and_then(|k| k.last())
     }
 
-    /// All pinned issuers, sorted by name.
+    /// Every key pinned for `name`, oldest first.
+    pub fn keys_of(&self, name: &str) -> &[IssuerPublic] {
+        self.keys.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Verifies a detached document signature under any key pinned for `name`.
+    pub fn verify_document(
+        &self,
+        name: &str,
+        context: &[u8],
+        body: &[u8],
+        sig: &[u8; 64],
+    ) -> Result<()> {
+        let keys = self.keys_of(name);
+        if keys.is_empty() {
+            return Err(refuse(
+                codes::UNKNOWN_ISSUER,
+                format!("{name:?} is not a pinned issuer"),
+            ));
+        }
+        if keys
+            .iter()
+            .any(|k| k.verify_document(context, body, sig).is_ok())
+        {
+            return Ok(());
+        }
+        Err(refuse(
+            codes::BAD_SIGNATURE,
+            format!("the signature does not verify under any key pinned for {name:?}"),
+        ))
+    }
+
+    /// All pinned (issuer, key) pairs, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &IssuerPublic)> {
-        self.keys.iter().map(|(k, v)| (k.as_str(), v))
+        self.keys
+            .iter()
+            .flat_map(|(k, v)| v.iter().map(move |key| (k.as_str(), key)))
     }
 
     /// How many issuers are pinned.
@@ -123,9 +163,11 @@ impl Issuers {
 
 impl<S: Into<String>> FromIterator<(S, IssuerPublic)> for Issuers {
     fn from_iter<I: IntoIterator<Item = (S, IssuerPublic)>>(iter: I) -> Self {
-        Issuers {
-            keys: iter.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+        let mut issuers = Issuers::new();
+        for (name, key) in iter {
+            issuers.insert(name, key);
         }
+        issuers
     }
 }
 
@@ -148,18 +190,30 @@ pub fn decode_unverified(text: &str) -> Result<Claims> {
 /// It does not check revocation, proof of possession or the scope of a request.
 pub fn verify(text: &str, issuers: &Issuers, now_unix: i64, audience: &str) -> Result<Claims> {
     let parsed = parse(text)?;
-    let key = issuers.get(&parsed.kid).ok_or_else(|| {
-        refuse(
+    let keys = issuers.keys_of(&parsed.kid);
+    if keys.is_empty() {
+        return Err(refuse(
             codes::UNKNOWN_ISSUER,
             format!("issuer {:?} is not pinned", parsed.kid),
-        )
-    })?;
-    let verifying_key = key.verifying_key()?;
+        ));
+    }
+    // Any of the issuer's pinned keys (its current one, or a previous one while its tokens live).
+    let verifying_keys = keys
+        .iter()
+        .map(IssuerPublic::verifying_key)
+        .collect::<Result<Vec<_>>>()?;
     parsed
         .sign1
         .verify_signature(b"", |sig, tbs| {
             let sig = Signature::from_slice(sig).map_err(|_| ())?;
-            verifying_key.verify_strict(tbs, &sig).map_err(|_| ())
+            if verifying_keys
+                .iter()
+                .any(|k| k.verify_strict(tbs, &sig).is_ok())
+            {
+                Ok(())
+            } else {
+                Err(())
+            }
         })
         .map_err(|()| {
             refuse(

@@ -12,7 +12,13 @@ pub fn issuer_line(name: &str, key: &IssuerPublic) -> String {
 }
 
 /// Parses one or more issuer lines (blank lines and `#` comments ignored) into `into`.
+///
+/// One text is one issuer's file: several lines of one name are that issuer's current and
+/// previous signing keys (rotation). A name that `into` already holds from another file is
+/// refused unless the key is one already pinned, so two hospitals that kept the default name
+/// cannot silently share (or replace) each other's pins.
 pub fn parse_issuer_lines(text: &str, into: &mut Issuers) -> Result<()> {
+    let before = into.clone();
     let mut n = 0;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -29,10 +35,11 @@ pub fn parse_issuer_lines(text: &str, into: &mut Issuers) -> Result<()> {
         let key = IssuerPublic::from_str(key)
             .map_err(|e| Error::malformed("issuer file", format!("line {}: {e}", i + 1)))?;
         // Two hospitals keeping the default name must not silently replace each other's pin.
-        if into.get(name).is_some_and(|k| *k != key) {
+        let pinned = before.keys_of(name);
+        if !pinned.is_empty() && !pinned.contains(&key) {
             return Err(Error::InvalidInput(format!(
-                "issuer file line {}: {name:?} is already pinned with another key; every \
-                 issuer needs its own name (`blindkd keygen --issuer NAME`)",
+                "issuer file line {}: {name:?} is already pinned with another key by another \
+                 file; every issuer needs its own name (`blindkd keygen --issuer NAME`)",
                 i + 1
             )));
         }

@@ -18,7 +18,7 @@
 
 use std::fmt::Write as _;
 
-use super::{IssuerPublic, Issuers};
+use super::Issuers;
 use crate::crypto::domain;
 use crate::{Error, Result};
 
@@ -105,21 +105,22 @@ impl RevocationList {
     /// Any edit, a list of an issuer not in `issuers`, or malformed text is an error.
     pub fn parse_verified(bytes: &[u8], issuers: &Issuers) -> Result<Self> {
         let (list, body, sig) = Self::parse(bytes)?;
-        let key: &IssuerPublic = issuers.get(&list.issuer).ok_or_else(|| {
-            super::refuse(
+        if issuers.keys_of(&list.issuer).is_empty() {
+            return Err(super::refuse(
                 super::codes::UNKNOWN_ISSUER,
                 format!(
                     "the revocation list is signed by {:?}, which is not a pinned issuer",
                     list.issuer
                 ),
-            )
-        })?;
-        key.verify_document(domain::REVOCATION_LIST, body, &sig)
+            ));
+        }
+        issuers
+            .verify_document(&list.issuer, domain::REVOCATION_LIST, body, &sig)
             .map_err(|_| {
                 super::refuse(
                     super::codes::BAD_SIGNATURE,
                     format!(
-                        "the revocation list's signature does not verify under {:?}'s key: it \
+                        "the revocation list's signature does not verify under {:?}'s keys: it \
                          was edited or signed by another key",
                         list.issuer
                     ),
