@@ -454,6 +454,16 @@ pub(crate) fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// A name or id from a file or a server, safe to print: control characters (which could move the
+/// cursor or rewrite what a terminal shows) are escaped.
+pub(crate) fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        std::borrow::Cow::Owned(s.chars().flat_map(char::escape_debug).collect())
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 /// A byte count in MiB, one decimal.
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
@@ -622,7 +632,12 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
     for c in &s.classes {
         println!(
             "  class {:<14} {} records, {} nodes, {} leaves, depth {}, {} pivot block(s)",
-            c.class, c.records, c.nodes, c.leaves, c.depth, c.pivot_blocks
+            printable(&c.class),
+            c.records,
+            c.nodes,
+            c.leaves,
+            c.depth,
+            c.pivot_blocks
         );
     }
     println!("  (values, masks, keys and the schema are not in this file)");
@@ -873,10 +888,10 @@ fn bundle_issue(a: &BundleIssueArgs) -> anyhow::Result<()> {
     let sealed = token::seal_to_device(&device, &bundle.to_signed_bytes(&owner)?)?;
     blindkd_engine::atomic::write(&a.out, &sealed)?;
     for e in &bundle.entries {
-        let classes: Vec<&str> = e.keys.iter().map(|(c, _)| c.as_str()).collect();
+        let classes: Vec<_> = e.keys.iter().map(|(c, _)| printable(c)).collect();
         println!(
             "index {} ({}): classes {}",
-            e.name,
+            printable(&e.name),
             blindkd_engine::index::id_hex(&e.index_id),
             classes.join(", ")
         );
@@ -1000,7 +1015,11 @@ pub fn print_outcome(out: &blindkd_client::QueryOutcome) {
         };
         println!(
             "{:>4}  {:<10} {:<12} {:>10.4}  {}",
-            r.rank, rec, r.class, r.distance, fields
+            r.rank,
+            printable(&rec),
+            printable(&r.class),
+            r.distance,
+            fields
         );
     }
     let s = &out.stats;
@@ -1022,6 +1041,16 @@ pub fn print_outcome(out: &blindkd_client::QueryOutcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 17, finding U1: names and ids from files or servers cannot drive the terminal.
+    #[test]
+    fn printable_escapes_control_characters() {
+        assert_eq!(printable("cardio\u{1b}[2J\n"), "cardio\\u{1b}[2J\\n");
+        assert!(matches!(
+            printable("été-3"),
+            std::borrow::Cow::Borrowed("été-3")
+        ));
+    }
 
     /// Issue 17, finding X1: a lifetime whose seconds overflow must be refused, not wrap around
     /// (`213503982334602d` became a 17-hour token).
