@@ -5,8 +5,8 @@
 use blindkd_engine::encoding::{augment, squared_distance, QueryPlan};
 use blindkd_keys::crypto::mlhe::{Mlhe, CHECK_ROWS, DEGREE, PLAINTEXT_MODULUS};
 use blindkd_keys::crypto::{frame_query, ClassKey, ClientScheme, RowDomain, RowRef, Scheme};
-use fhe::bfv::{BfvParametersBuilder, Ciphertext};
-use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
+use fhe::bfv::BfvParametersBuilder;
+use fhe_math::rq::{Poly, Representation};
 use fhe_traits::Serialize as _;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -103,23 +103,7 @@ fn division_attack_recovers_nothing() {
         .unwrap();
     let ctx = par.context_at_level(0).unwrap().clone();
     let moduli = par.moduli().to_vec();
-    let c = moduli[1] as u128 * moduli[2] as u128;
-    let coeffs: Vec<u64> = moduli
-        .iter()
-        .flat_map(|&qi| {
-            let mut row = vec![0u64; DEGREE];
-            row[0] = (c % qi as u128) as u64;
-            row
-        })
-        .collect();
-    let mut c1 = Poly::try_convert_from(coeffs, &ctx, false, Representation::PowerBasis).unwrap();
-    c1.change_representation(Representation::Ntt);
-    let zero = Poly::zero(&ctx, Representation::Ntt);
-    let mut cts = vec![Ciphertext::new(vec![zero.clone(), c1], &par).unwrap()];
-    for _ in 0..d {
-        cts.push(Ciphertext::new(vec![zero.clone(), zero.clone()], &par).unwrap());
-    }
-    let parts: Vec<Vec<u8>> = cts.iter().map(|c| c.to_bytes()).collect();
+    let parts = m.division_attack_query(d).unwrap();
     let s = m.new_session().unwrap();
     // An honest session key, and `b = 0` (which, when the client also chose `a`, made pk = (0, 0)
     // and switched re-randomisation off): `a` is the server's now, so neither helps.
@@ -128,7 +112,7 @@ fn division_attack_recovers_nothing() {
             .unwrap(),
         Poly::zero(&ctx, Representation::Ntt).to_bytes(),
     ] {
-        let bytes = frame_query(&pk, &postcard::to_allocvec(&parts).unwrap());
+        let bytes = frame_query(&pk, &parts);
         let reply = m
             .evaluate(
                 &m.decode_query(&bytes, d, &blindkd_keys::crypto::FIXED_PK_SEED)

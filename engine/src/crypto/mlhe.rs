@@ -276,6 +276,42 @@ impl Mlhe {
     }
 }
 
+impl Mlhe {
+    /// The sealed-query part of the malicious-client division attack (keyless: any client can send
+    /// it): `ct₀ = (0, q₁q₂)` and zero ciphertexts for the other `d` coordinates, so the product's
+    /// `c1 = q₁q₂·Y₀` switches down to exactly the masked column `Y₀` unless the finish step
+    /// re-randomises it. Frame it with a session key ([`super::frame_query`]). For the attack tests.
+    #[doc(hidden)]
+    pub fn division_attack_query(&self, d: usize) -> Result<Vec<u8>> {
+        use fhe_traits::Serialize as _;
+        let cerr = |e: fhe_math::Error| Error::Crypto(e.to_string());
+        let ctx = self.top_ctx()?;
+        let moduli = self.par.moduli();
+        let c = moduli[1] as u128 * moduli[2] as u128;
+        // Constant polynomial q1·q2 in RNS.
+        let coeffs: Vec<u64> = moduli
+            .iter()
+            .flat_map(|&qi| {
+                let mut row = vec![0u64; DEGREE];
+                row[0] = (c % qi as u128) as u64;
+                row
+            })
+            .collect();
+        let mut c1 =
+            Poly::try_convert_from(coeffs, ctx, false, Representation::PowerBasis).map_err(cerr)?;
+        c1.change_representation(Representation::Ntt);
+        let zero = Poly::zero(ctx, Representation::Ntt);
+        let ct = |c0: Poly, c1: Poly| {
+            Ciphertext::new(vec![c0, c1], &self.par).map_err(|e| Error::Crypto(e.to_string()))
+        };
+        let mut parts = vec![ct(zero.clone(), c1)?.to_bytes()];
+        for _ in 0..d {
+            parts.push(ct(zero.clone(), zero.clone())?.to_bytes());
+        }
+        postcard::to_allocvec(&parts).map_err(|e| Error::malformed("mlhe query", e))
+    }
+}
+
 impl Finish {
     /// Whether to add the public-key encryption of zero. Only a unit test can turn it off.
     fn rerandomise(self) -> bool {
@@ -532,26 +568,7 @@ mod tests {
                 .to_bytes(),
         };
         let moduli = m.par.moduli();
-        let c = (moduli[1] as u128 * moduli[2] as u128) as i128;
-        // Constant polynomial q1·q2 in RNS.
-        let coeffs: Vec<u64> = moduli
-            .iter()
-            .flat_map(|&qi| {
-                let mut row = vec![0u64; DEGREE];
-                row[0] = (c % qi as i128) as u64;
-                row
-            })
-            .collect();
-        let mut c1 =
-            Poly::try_convert_from(coeffs, &ctx, false, Representation::PowerBasis).unwrap();
-        c1.change_representation(Representation::Ntt);
-        let zero = Poly::zero(&ctx, Representation::Ntt);
-        let mut cts = vec![Ciphertext::new(vec![zero.clone(), c1], &m.par).unwrap()];
-        for _ in 0..d {
-            cts.push(Ciphertext::new(vec![zero.clone(), zero.clone()], &m.par).unwrap());
-        }
-        let parts: Vec<Vec<u8>> = cts.iter().map(|c| c.to_bytes()).collect();
-        let bytes = frame_query(&pk, &postcard::to_allocvec(&parts).unwrap());
+        let bytes = frame_query(&pk, &m.division_attack_query(d).unwrap());
         let reply = m
             .evaluate(
                 &m.decode_query(&bytes, d, &FIXED_PK_SEED).unwrap(),

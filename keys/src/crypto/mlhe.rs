@@ -561,29 +561,8 @@ mod tests {
                     .unwrap()
                     .to_bytes(),
             };
-            let ctx = m.top_ctx().unwrap().clone();
-            let par = m.bfv_parameters();
-            let moduli = par.moduli();
-            let c = (moduli[1] as u128 * moduli[2] as u128) as i128;
-            // Constant polynomial q1·q2 in RNS.
-            let coeffs: Vec<u64> = moduli
-                .iter()
-                .flat_map(|&qi| {
-                    let mut row = vec![0u64; DEGREE];
-                    row[0] = (c % qi as i128) as u64;
-                    row
-                })
-                .collect();
-            let mut c1 =
-                Poly::try_convert_from(coeffs, &ctx, false, Representation::PowerBasis).unwrap();
-            c1.change_representation(Representation::Ntt);
-            let zero = Poly::zero(&ctx, Representation::Ntt);
-            let mut cts = vec![Ciphertext::new(vec![zero.clone(), c1], par).unwrap()];
-            for _ in 0..d {
-                cts.push(Ciphertext::new(vec![zero.clone(), zero.clone()], par).unwrap());
-            }
-            let parts: Vec<Vec<u8>> = cts.iter().map(|c| c.to_bytes()).collect();
-            let bytes = frame_query(&pk, &postcard::to_allocvec(&parts).unwrap());
+            let moduli = m.bfv_parameters().moduli();
+            let bytes = frame_query(&pk, &m.division_attack_query(d).unwrap());
             let reply = m
                 .evaluate(
                     &m.decode_query(&bytes, d, &crate::crypto::FIXED_PK_SEED)
