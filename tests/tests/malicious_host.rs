@@ -85,7 +85,6 @@ fn rewrite(attack: Attack, path: &str, body: Vec<u8>) -> Vec<u8> {
     let is_payloads = path.ends_with("/payloads");
     let start = || postcard::from_bytes::<StartReply>(&body).unwrap();
     let blocks = || postcard::from_bytes::<BlockReply>(&body).unwrap();
-    let enc = |v: &dyn erased::Encode| v.encode();
     match attack {
         Attack::EmptyStart if is_start => vec![0, 0],
         Attack::DropClass if is_start => {
@@ -214,16 +213,8 @@ fn rewire(shape: &mut TreeShape) {
     panic!("no pair of sibling leaves with equal rows to rewire");
 }
 
-/// Postcard encoding behind one object-safe call (the replies are different types).
-mod erased {
-    pub(super) trait Encode {
-        fn encode(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Encode for T {
-        fn encode(&self) -> Vec<u8> {
-            postcard::to_allocvec(self).unwrap()
-        }
-    }
+fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).unwrap()
 }
 
 async fn forward(State(up): State<Upstream>, req: Request) -> Response {
