@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{blindkd, index_cleveland, issue_token, ok};
+use common::{blindkd, index_cleveland, issue_token, ok, spawn_serve};
 
 /// A hospital with a key, an index `cardio` and `n` tokens `t-<i>.txt`; returns their ids (hex).
 fn hospital(dir: &Path, n: usize) -> Vec<String> {
@@ -122,28 +122,7 @@ fn a_damaged_list_is_left_alone() {
 
 /// Starts `blindkd serve` with `revoked`; `Ok(stderr)` if it exits, `Err(())` if it listens.
 fn serve_outcome(dir: &Path, revoked: &str) -> Result<String, ()> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blindkd"))
-        .current_dir(dir)
-        .args([
-            "serve",
-            "--index",
-            "cardio.bkd",
-            "--issuer",
-            "hospital.key.pub",
-            "--revoked",
-            revoked,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-            "--ephemeral-state",
-        ])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(dir, &["--revoked", revoked, "--ephemeral-state"]);
     let stderr = child.stderr.take().unwrap();
     let mut seen = String::new();
     for line in BufReader::new(stderr).lines().map_while(Result::ok) {

@@ -11,32 +11,12 @@ use std::time::{Duration, Instant};
 
 mod common;
 use blindkd_tests::{error_reply, http, post_session, raw_session};
-use common::{index_cleveland, issue_bundle, issue_token, ok};
+use common::{index_cleveland, issue_bundle, issue_token, ok, spawn_serve};
 
 /// Starts `blindkd serve` on a free loopback port; returns the child and its base URL once it
 /// listens.
 fn serve(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blindkd"))
-        .current_dir(dir)
-        .args([
-            "serve",
-            "--index",
-            "cardio.bkd",
-            "--issuer",
-            "hospital.key.pub",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-            "--state",
-            "state.redb",
-        ])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(dir, &["--state", "state.redb"]);
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
