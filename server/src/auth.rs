@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use blindkd_engine::index::IndexId;
-use blindkd_engine::protocol::{Access, Meter, QueryHandle};
+use blindkd_engine::protocol::{Access, HostedIndex, Meter, QueryHandle};
 use blindkd_engine::token::{self, Claims, Issuers, QueryKind as TokenKind};
 use rand::RngCore;
 
@@ -208,12 +208,11 @@ impl Auth {
         lock(&self.revoked)?.is_revoked(cti, &self.store)
     }
 
-    /// Verifies token, time claims, audience, the index's issuer, revocation, PoP and nonce, then
-    /// opens a session. `hosted` lists each hosted index with the issuer it names (empty: any
-    /// pinned issuer, for a format 1 index).
+    /// Verifies token, time claims, audience, the issuer the index names (none, for a format 1
+    /// index: any pinned issuer), revocation, PoP and nonce, then opens a session.
     pub fn open_session(
         &self,
-        hosted: &[(IndexId, String)],
+        hosted: &HashMap<IndexId, Arc<dyn HostedIndex>>,
         token_text: &str,
         nonce: &[u8],
         pop: &[u8],
@@ -224,9 +223,9 @@ impl Auth {
         let (nonce_arr, nonce_exp) = self.check_nonce(nonce)?;
         // The audience names the index; accept any hosted one.
         let unverified = token::decode_unverified(token_text).map_err(ApiError::from)?;
-        let (aud_id, index_issuer) = blindkd_engine::index::parse_id(&unverified.aud)
+        let (aud_id, index) = blindkd_engine::index::parse_id(&unverified.aud)
             .ok()
-            .and_then(|id| hosted.iter().find(|(h, _)| *h == id).cloned())
+            .and_then(|id| Some((id, hosted.get(&id)?)))
             .ok_or_else(|| {
                 ApiError::new(
                     "wrong_audience",
@@ -240,7 +239,8 @@ impl Auth {
             cti: Some(claims.cti),
         };
         // A second hospital's pinned key must not mint tokens for this one's index.
-        if !index_issuer.is_empty() && claims.iss != index_issuer {
+        let index_issuer = &index.header().issuer;
+        if !index_issuer.is_empty() && claims.iss != *index_issuer {
             return Err(refused(ApiError::new(
                 "issuer_not_allowed",
                 format!(

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use blindkd_engine::index::{id_hex, parse_id, IndexId};
+use blindkd_engine::index::{id_hex, parse_id};
 use blindkd_engine::protocol::{PayloadReply, PayloadRequest, QueryKind};
 use serde::{Deserialize, Serialize};
 use tower_http::request_id::{
@@ -283,14 +283,9 @@ async fn open_session(State(s): State<Arc<AppState>>, req: Request) -> Result<Re
     })?;
     let nonce = hex::decode(&r.nonce).unwrap_or_default();
     let pop = hex::decode(&r.pop).unwrap_or_default();
-    let hosted: Vec<(IndexId, String)> = s
-        .indexes
-        .iter()
-        .map(|(id, h)| (*id, h.header().issuer.clone()))
-        .collect();
     match s
         .auth
-        .open_session(&hosted, &r.token, &nonce, &pop, &s.limits)
+        .open_session(&s.indexes, &r.token, &nonce, &pop, &s.limits)
     {
         Ok(opened) => {
             // LEAKAGE: [session-identity] who (token subject, issuer, token id) opens a session, for
