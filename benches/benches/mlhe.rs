@@ -22,14 +22,21 @@ fn mlhe(c: &mut Criterion) {
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    g.bench_function("seal_query", |b| {
-        b.iter(|| m.seal_query(&f.session, black_box(&f.plan.w)).unwrap())
-    });
-    g.bench_function("session_public", |b| {
+    g.bench_function("query_key_offline", |b| {
         b.iter(|| {
-            m.session_public(&f.session, &blindkd_engine::crypto::FIXED_PK_SEED)
+            m.new_session(&blindkd_engine::crypto::FIXED_PK_SEED, f.d + 1)
                 .unwrap()
         })
+    });
+    g.bench_function("seal_query_online", |b| {
+        b.iter_batched(
+            || {
+                m.new_session(&blindkd_engine::crypto::FIXED_PK_SEED, f.d + 1)
+                    .unwrap()
+            },
+            |mut k| m.seal_query(&mut k, black_box(&f.plan.w)).unwrap(),
+            criterion::BatchSize::PerIteration,
+        )
     });
     g.bench_function("decode_query", |b| {
         b.iter(|| {

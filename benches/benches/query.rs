@@ -39,7 +39,7 @@ fn query(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(4));
     for (name, built) in [("plain", &plain), ("mlhe", &mlhe)] {
-        let lane = TreeLane::new(built);
+        let lane = TreeLane::new(built).unwrap();
         for (kind, label) in [
             (QueryKind::Knn { k: 10 }, "knn10"),
             (QueryKind::Range { radius }, "range0.1pct"),

@@ -20,7 +20,7 @@ mod she {
         let block = scheme.seal_block(&key, &r).unwrap();
         let prepared = scheme.prepare(&block, d).unwrap();
         let plan = QueryPlan::new(&vec![5; d], &vec![1; d]);
-        let sealed = scheme.seal_query(&(), &plan.w).unwrap();
+        let sealed = scheme.seal_query(&mut (), &plan.w).unwrap();
         let q = scheme
             .decode_query(
                 &frame_query(&[], &sealed),
@@ -46,7 +46,7 @@ mod she {
             b.iter(|| scheme.add(&a, black_box(&b2)).unwrap())
         });
         g.bench_function("seal_query", |b| {
-            b.iter(|| scheme.seal_query(&(), black_box(&plan.w)).unwrap())
+            b.iter(|| scheme.seal_query(&mut (), black_box(&plan.w)).unwrap())
         });
         g.bench_function("evaluate_block_1024", |b| {
             b.iter(|| scheme.evaluate(&q, black_box(&prepared)).unwrap())

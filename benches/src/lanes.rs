@@ -10,11 +10,11 @@ use anyhow::{anyhow, Context};
 use blindkd_engine::encoding::QueryPlan;
 use blindkd_engine::index::{id_hex, split_file, IndexId, SchemeParams, ServerIndex};
 use blindkd_engine::tree::ShapeNode;
-use blindkd_keys::crypto::{frame_query, ClientScheme, RowDomain, RowRef};
+use blindkd_keys::crypto::{ClientScheme, RowDomain, RowRef};
 use blindkd_keys::owner::{build_index, BuildOptions, Bundle, IndexRecord, OwnerKey, OwnerRecord};
 use blindkd_keys::protocol::{
-    new_query_client, open_index_bytes, run_in_process, Access, BatchPolicy, HostedIndex, Limits,
-    QueryKind, QueryStats,
+    new_query_client_with, open_index_bytes, run_in_process, Access, BatchPolicy, HostedIndex,
+    Limits, QueryKeyPool, QueryKind, QueryStats,
 };
 use kiddo::immutable::float::kdtree::ImmutableKdTree;
 use kiddo::SquaredEuclidean;
@@ -149,31 +149,62 @@ const LIMITS: Limits = Limits {
 
 /// The tree protocol in process: the client state machine (`blindkd-keys`) against the hosted
 /// index.
+///
+/// mlhe queries take a query key made before the clock starts (a [`QueryKeyPool`] filled between
+/// queries, issue 12): the timed path is the online one. `blindkd bench --micro` reports what a
+/// key costs to make.
 pub struct TreeLane<'a> {
     built: &'a Built,
     access: Access,
+    keys: Option<QueryKeyPool>,
 }
 
 impl<'a> TreeLane<'a> {
     /// A tree lane over `built`.
-    pub fn new(built: &'a Built) -> Self {
-        TreeLane {
-            access: access(built.hosted.class_names()),
+    pub fn new(built: &'a Built) -> anyhow::Result<Self> {
+        let access = access(built.hosted.class_names());
+        let keys = premade_keys(built, access.pk_seed)?;
+        Ok(TreeLane {
+            access,
             built,
-        }
+            keys,
+        })
     }
+}
+
+/// A manual query-key pool for the bench's mlhe lanes (None for other schemes).
+fn premade_keys(built: &Built, pk_seed: [u8; 32]) -> anyhow::Result<Option<QueryKeyPool>> {
+    let entry = built
+        .bundle
+        .entries
+        .first()
+        .ok_or_else(|| anyhow!("empty bundle"))?;
+    Ok(match entry.scheme {
+        SchemeParams::Mlhe(_) => Some(QueryKeyPool::manual(pk_seed, entry.schema.dim() + 1, 1)?),
+        _ => None,
+    })
 }
 
 impl Lane for TreeLane<'_> {
     fn run(&self, q: &Query<'_>) -> anyhow::Result<Sample> {
-        let t = Instant::now();
         let entry = self
             .built
             .bundle
             .entries
             .first()
             .ok_or_else(|| anyhow!("empty bundle"))?;
-        let mut client = new_query_client(entry, q.kind, q.q, vec![], BatchPolicy::default())?;
+        if let Some(k) = &self.keys {
+            k.fill()?;
+        }
+        let t = Instant::now();
+        let mut client = new_query_client_with(
+            entry,
+            q.kind,
+            q.q,
+            vec![],
+            BatchPolicy::default(),
+            self.keys.as_ref(),
+        )?;
         let hits = run_in_process(&self.built.hosted, &self.access, &LIMITS, client.as_mut())?;
         let e2e_us = t.elapsed().as_secs_f64() * 1e6;
         let stats = client.stats().clone();
@@ -258,11 +289,8 @@ impl<S: ClientScheme> Lane for ScanLane<S> {
         let s = &self.server.scheme;
         let t0 = Instant::now();
         let plan = QueryPlan::new(q.q, &self.weights);
-        let session = s.new_session()?;
-        let sealed = frame_query(
-            &s.session_public(&session, &blindkd_engine::crypto::FIXED_PK_SEED)?,
-            &s.seal_query(&session, &plan.w)?,
-        );
+        let (session, sealed) =
+            blindkd_keys::crypto::seal_framed(s, &blindkd_engine::crypto::FIXED_PK_SEED, &plan.w)?;
         let mut client_us = t0.elapsed().as_secs_f64() * 1e6;
         let mut stats = QueryStats {
             rounds: 1,
@@ -542,9 +570,13 @@ impl<'a> HttpLane<'a> {
             },
         )?;
         let client = blindkd_client::Client::new(&format!("http://{addr}"))?;
-        let session = rt
+        let mut session = rt
             .block_on(client.open_session(&text, &device))
             .context("opening a session on the loopback server")?;
+        let seed: [u8; 32] = hex::decode(&session.pk_seed)?
+            .try_into()
+            .map_err(|_| anyhow!("bad session seed"))?;
+        session.query_keys = premade_keys(built, seed)?;
         Ok(HttpLane {
             rt,
             client,
@@ -576,6 +608,9 @@ impl Lane for HttpLane<'_> {
             .entries
             .first()
             .ok_or_else(|| anyhow!("empty bundle"))?;
+        if let Some(k) = &self.session.query_keys {
+            k.fill()?;
+        }
         let t = Instant::now();
         let out = self.rt.block_on(self.client.query(
             &self.session,

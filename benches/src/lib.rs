@@ -317,7 +317,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             if let Some(b) = &plain {
                 active.push((
                     "plain".into(),
-                    Box::new(lanes::TreeLane::new(b)),
+                    Box::new(lanes::TreeLane::new(b)?),
                     b.build_s,
                     b.load_s,
                     b.file_bytes,
@@ -338,7 +338,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 if has("mlhe") {
                     active.push((
                         "mlhe".into(),
-                        Box::new(lanes::TreeLane::new(b)),
+                        Box::new(lanes::TreeLane::new(b)?),
                         b.build_s,
                         b.load_s,
                         b.file_bytes,
@@ -365,7 +365,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 if let Some(b) = &mlhe1k {
                     active.push((
                         "mlhe-1k".into(),
-                        Box::new(lanes::TreeLane::new(b)),
+                        Box::new(lanes::TreeLane::new(b)?),
                         b.build_s,
                         b.load_s,
                         b.file_bytes,
@@ -376,7 +376,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     if has("paper-she") {
                         active.push((
                             "paper-she".into(),
-                            Box::new(lanes::TreeLane::new(b)),
+                            Box::new(lanes::TreeLane::new(b)?),
                             b.build_s,
                             b.load_s,
                             b.file_bytes,

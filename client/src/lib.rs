@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use blindkd_keys::owner::{BundleEntry, OpenedPayload};
 use blindkd_keys::protocol::{
-    new_query_client, BatchPolicy, QueryClient, QueryKind, QueryStats, Step,
+    new_query_client_with, BatchPolicy, QueryClient, QueryKeyPool, QueryKind, QueryStats, Step,
 };
 use blindkd_keys::token::DeviceKey;
 use serde::{Deserialize, Serialize};
@@ -77,6 +77,32 @@ pub struct Session {
     /// server): a query that names no class searches these, so a host cannot narrow it unseen.
     #[serde(skip, default)]
     pub token_classes: Vec<String>,
+    /// Query keys made ahead of time for this session ([`Session::prepare_query_keys`]); a
+    /// query without a ready key makes its own.
+    #[serde(skip, default)]
+    pub query_keys: Option<QueryKeyPool>,
+}
+
+impl Session {
+    /// Starts making `count` query keys in the background for queries against `entry` in this
+    /// session (issue 12: sealing leaves the critical path). Each key seals one query; the pool
+    /// refills itself after each. Only mlhe has keys worth making ahead; other schemes ignore it.
+    pub fn prepare_query_keys(&mut self, entry: &BundleEntry, count: usize) -> Result<()> {
+        if !matches!(entry.scheme, blindkd_engine::index::SchemeParams::Mlhe(_)) {
+            return Ok(());
+        }
+        let pool = QueryKeyPool::new(self.seed()?, entry.schema.dim() + 1, count)?;
+        pool.refill_in_background();
+        self.query_keys = Some(pool);
+        Ok(())
+    }
+
+    fn seed(&self) -> Result<[u8; 32]> {
+        hex::decode(&self.pk_seed)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| ClientError::Transport("the session has no valid key seed".into()))
+    }
 }
 
 /// One result row as the doctor sees it.
@@ -300,11 +326,9 @@ impl Client {
             max_blocks: session.max_blocks,
             ..BatchPolicy::default()
         };
-        let mut client = new_query_client(entry, kind, &q, classes, batch)?;
-        let seed: [u8; 32] = hex::decode(&session.pk_seed)
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| ClientError::Transport("the session has no valid key seed".into()))?;
+        let seed = session.seed()?;
+        let mut client =
+            new_query_client_with(entry, kind, &q, classes, batch, session.query_keys.as_ref())?;
         let (c, start) = blocking(client, move |c| c.start_request(&seed)).await?;
         client = c;
         let base = format!("{}/v1/indexes/{}/queries", self.base, session.index_id);

@@ -210,8 +210,9 @@ pub fn prepared_block_bytes(params: &SchemeParams, rows: usize, dim: usize) -> u
     let cols = dim as u64 + 1;
     match params {
         SchemeParams::Plain => rows as u64 * cols * 8,
-        // (d+1) polynomials of N coefficients per ciphertext prime, 8 bytes each.
-        SchemeParams::Mlhe(p) => cols * u64::from(p.degree) * p.moduli_bits.len() as u64 * 8,
+        // (d+1) polynomials of N coefficients per ciphertext prime, 8 bytes each, plus the
+        // precomputed `c1 = Σ aᵢ·Yᵢ` (one more polynomial).
+        SchemeParams::Mlhe(p) => (cols + 1) * u64::from(p.degree) * p.moduli_bits.len() as u64 * 8,
         // (d+1) big-integer ciphertexts of about 2·k0 bits per row.
         SchemeParams::PaperShe(_) => rows as u64 * cols * 512,
     }

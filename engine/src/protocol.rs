@@ -50,6 +50,7 @@ pub struct StartRequest {
     // LEAKAGE: [query-classes] which classes a query searches.
     pub classes: Vec<String>,
     /// Framed session public material + sealed query ([`crate::crypto::frame_query`]).
+    #[serde(with = "serde_bytes")]
     pub query: Vec<u8>,
 }
 
@@ -72,9 +73,10 @@ pub struct ClassRound1 {
     /// Public tree shape.
     pub shape: TreeShape,
     /// Sealed radius bounds.
+    #[serde(with = "serde_bytes")]
     pub sealed_radii: Vec<u8>,
     /// One reply per pivot block.
-    pub pivot_replies: Vec<Vec<u8>>,
+    pub pivot_replies: Vec<serde_bytes::ByteBuf>,
 }
 
 /// A leaf block reference.
@@ -112,6 +114,7 @@ pub struct EvaluatedBlock {
     /// Opaque record ids of its rows.
     pub record_ids: Vec<u64>,
     /// The scheme's reply.
+    #[serde(with = "serde_bytes")]
     pub reply: Vec<u8>,
 }
 
@@ -197,6 +200,7 @@ pub struct SealedPayload {
     /// Opaque record id.
     pub record_id: u64,
     /// The AEAD-sealed payload, padded to a size bucket by the owner.
+    #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
 }
 
@@ -420,7 +424,10 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
                     class: cls.class.clone(),
                     shape: cls.shape.clone(),
                     sealed_radii: cls.sealed_radii.clone(),
-                    pivot_replies,
+                    pivot_replies: pivot_replies
+                        .into_iter()
+                        .map(serde_bytes::ByteBuf::from)
+                        .collect(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -15,6 +15,7 @@
 
 pub mod crypto;
 pub mod owner;
+pub mod pool;
 pub mod protocol;
 pub mod token;
 

@@ -17,6 +17,7 @@ use blindkd_engine::tree::{lower_bound, prunable, ShapeNode};
 
 use crate::crypto::{aead, domain, frame_query, ClassKey, ClientScheme, PkSeed, RowDomain, RowRef};
 use crate::owner::{payload_aad, radii_aad, BundleEntry, OpenedPayload};
+pub use crate::pool::QueryKeyPool;
 use crate::{Error, Result};
 
 fn denied(code: &'static str, detail: impl Into<String>) -> Error {
@@ -110,16 +111,44 @@ pub fn new_query_client(
     classes: Vec<String>,
     batch: BatchPolicy,
 ) -> Result<Box<dyn QueryClient>> {
+    new_query_client_with(entry, kind, q, classes, batch, None)
+}
+
+/// [`new_query_client`] that takes its query key from `pool` when the pool has one for this
+/// scheme and width (issue 12): sealing is then an encoding and an addition. Without a ready key
+/// the query makes its own.
+pub fn new_query_client_with(
+    entry: &BundleEntry,
+    kind: QueryKind,
+    q: &[i64],
+    classes: Vec<String>,
+    batch: BatchPolicy,
+    pool: Option<&QueryKeyPool>,
+) -> Result<Box<dyn QueryClient>> {
     Ok(match &entry.scheme {
-        SchemeParams::Plain => Box::new(Driver::new(Plain::new(), entry, kind, q, classes, batch)?),
-        SchemeParams::Mlhe(p) => Box::new(Driver::new(
-            Mlhe::from_params(*p)?,
+        SchemeParams::Plain => Box::new(Driver::new(
+            Plain::new(),
             entry,
             kind,
             q,
             classes,
             batch,
+            None,
         )?),
+        SchemeParams::Mlhe(p) => {
+            let premade = pool
+                .filter(|p| p.width() == q.len() + 1)
+                .and_then(|p| p.take().map(|k| (*p.pk_seed(), k)));
+            Box::new(Driver::new(
+                Mlhe::from_params(*p)?,
+                entry,
+                kind,
+                q,
+                classes,
+                batch,
+                premade,
+            )?)
+        }
         #[cfg(feature = "paper-she")]
         SchemeParams::PaperShe(p) => Box::new(Driver::new(
             crate::crypto::she::PaperSheClient::from_param_bytes(p)?,
@@ -128,6 +157,7 @@ pub fn new_query_client(
             q,
             classes,
             batch,
+            None,
         )?),
         #[cfg(not(feature = "paper-she"))]
         SchemeParams::PaperShe(_) => {
@@ -197,7 +227,11 @@ struct Driver<S: ClientScheme> {
     scheme: S,
     index_id: blindkd_engine::index::IndexId,
     keys: HashMap<String, ClassKeys<S>>,
-    session: S::Session,
+    /// A query key made ahead of time (from a [`QueryKeyPool`]) and the server seed it was made
+    /// for; used by [`QueryClient::start_request`] if the seed matches.
+    premade: Option<(PkSeed, S::Session)>,
+    /// The query key that sealed this query, from [`QueryClient::start_request`] on.
+    session: Option<S::Session>,
     plan: QueryPlan,
     kind: QueryKind,
     threshold: u128,
@@ -234,6 +268,7 @@ impl<S: ClientScheme> Driver<S> {
         q: &[i64],
         classes: Vec<String>,
         batch: BatchPolicy,
+        premade: Option<(PkSeed, S::Session)>,
     ) -> Result<Self> {
         let t = Instant::now();
         let schema = &entry.schema;
@@ -269,7 +304,6 @@ impl<S: ClientScheme> Driver<S> {
                 "the key bundle has no key for class `{c}`"
             )));
         }
-        let session = scheme.new_session()?;
         let stats = QueryStats {
             client_micros: micros(t),
             ..QueryStats::default()
@@ -279,7 +313,8 @@ impl<S: ClientScheme> Driver<S> {
             index_id: entry.index_id,
             scheme,
             keys,
-            session,
+            premade,
+            session: None,
             kind,
             threshold,
             classes,
@@ -430,6 +465,11 @@ impl<S: ClientScheme> Driver<S> {
 
 /// Any failure while reading a reply is the host's: one error, whatever the cause (a check
 /// value, a decoding error, an AEAD failure).
+/// A reply before [`QueryClient::start_request`]: the caller's mistake, not the server's.
+fn unsent() -> Error {
+    Error::InvalidInput("a reply to a query that was not sent".into())
+}
+
 fn as_lie(e: Error) -> Error {
     match e {
         Error::Integrity(_) => e,
@@ -501,10 +541,13 @@ impl<S: ClientScheme> Driver<S> {
                         record: 0,
                     })
                     .collect();
-                d2.extend(
-                    self.scheme
-                        .open(&keys.key, &self.session, rep, &self.plan, &rows)?,
-                );
+                d2.extend(self.scheme.open(
+                    &keys.key,
+                    self.session.as_ref().ok_or_else(unsent)?,
+                    rep,
+                    &self.plan,
+                    &rows,
+                )?);
             }
             self.stats.pivot_blocks += c.pivot_replies.len() as u32;
             self.total_leaves += c.shape.leaves.len() as u64;
@@ -578,8 +621,8 @@ impl<S: ClientScheme> Driver<S> {
         // Opening (decrypt + unmask + check) is independent per block: spread it over the cores.
         let opened = {
             use rayon::prelude::*;
-            let (scheme, keys, session, plan) =
-                (&self.scheme, &self.keys, &self.session, &self.plan);
+            let session = self.session.as_ref().ok_or_else(unsent)?;
+            let (scheme, keys, plan) = (&self.scheme, &self.keys, &self.plan);
             work.par_iter()
                 .map(|(cand, class, eb)| {
                     // The record ids the server claims are bound into the masks and check
@@ -611,10 +654,16 @@ impl<S: ClientScheme> Driver<S> {
 impl<S: ClientScheme> QueryClient for Driver<S> {
     fn start_request(&mut self, pk_seed: &PkSeed) -> Result<Vec<u8>> {
         let t = Instant::now();
-        let query = frame_query(
-            &self.scheme.session_public(&self.session, pk_seed)?,
-            &self.scheme.seal_query(&self.session, &self.plan.w)?,
-        );
+        if self.session.is_some() {
+            return Err(Error::InvalidInput("this query was sent already".into()));
+        }
+        let mut session = match self.premade.take() {
+            Some((seed, s)) if seed == *pk_seed => s,
+            _ => self.scheme.new_session(pk_seed, self.plan.w.len())?,
+        };
+        let sealed = self.scheme.seal_query(&mut session, &self.plan.w)?;
+        let query = frame_query(&self.scheme.session_public(&session)?, &sealed);
+        self.session = Some(session);
         let bytes = postcard::to_allocvec(&StartRequest {
             kind: self.kind,
             classes: self.classes.clone(),

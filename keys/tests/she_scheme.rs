@@ -74,21 +74,18 @@ fn distances(xs: &[Vec<i64>], q: &[i64], weights: &[u32]) -> Vec<u128> {
 
     let (doctor, dkey) = doctor();
     #[allow(clippy::let_unit_value)] // paper-she has no session secrets; keep the generic flow
-    let session = doctor.new_session().unwrap();
+    let mut session = doctor
+        .new_session(&blindkd_keys::crypto::FIXED_PK_SEED, q.len() + 1)
+        .unwrap();
     let plan = QueryPlan::new(q, weights);
-    let sealed = doctor.seal_query(&session, &plan.w).unwrap();
+    let sealed = doctor.seal_query(&mut session, &plan.w).unwrap();
 
     let dim = q.len();
     let srv = server();
     let prepared = srv.prepare(&block, dim).unwrap();
     let query = srv
         .decode_query(
-            &frame_query(
-                &doctor
-                    .session_public(&session, &blindkd_keys::crypto::FIXED_PK_SEED)
-                    .unwrap(),
-                &sealed,
-            ),
+            &frame_query(&doctor.session_public(&session).unwrap(), &sealed),
             dim,
             &blindkd_keys::crypto::FIXED_PK_SEED,
         )
@@ -274,7 +271,7 @@ fn derive_key_checks_the_modulus() {
     let (owner_scheme, _) = owner();
     let doctor = PaperSheClient::from_params(owner_scheme.params().clone()).unwrap();
     // Without a key the instance cannot seal a query.
-    let err = doctor.seal_query(&(), &[1, 2, 1]).unwrap_err();
+    let err = doctor.seal_query(&mut (), &[1, 2, 1]).unwrap_err();
     assert!(err.to_string().contains("derive_key"), "{err}");
     // A different class key yields a different N: refused.
     let sizes = SheSizes {
@@ -314,7 +311,7 @@ fn small_parameters_round_trip() {
         .collect();
     let block = scheme.seal_block(&key, &rows).unwrap();
     let plan = QueryPlan::new(&q, &w);
-    let sealed = scheme.seal_query(&(), &plan.w).unwrap();
+    let sealed = scheme.seal_query(&mut (), &plan.w).unwrap();
     let query = scheme
         .decode_query(
             &frame_query(&[], &sealed),
@@ -342,7 +339,7 @@ fn sealed_fixture(dim: usize) -> (SheBlock, Vec<u8>, Vec<u8>, QueryPlan) {
         .collect();
     let block = scheme.seal_block(key, &rows).unwrap();
     let plan = QueryPlan::new(&vec![3; dim], &w);
-    let sealed = scheme.seal_query(&(), &plan.w).unwrap();
+    let sealed = scheme.seal_query(&mut (), &plan.w).unwrap();
     let framed = frame_query(&[], &sealed);
     let q = server()
         .decode_query(&framed, dim, &blindkd_keys::crypto::FIXED_PK_SEED)

@@ -41,7 +41,7 @@ fn per_record_costs() {
         let prepared = scheme.prepare(&block, dim).unwrap();
         let prep = t.elapsed();
         let plan = QueryPlan::new(&vec![5; dim], &w);
-        let sealed = scheme.seal_query(&(), &plan.w).unwrap();
+        let sealed = scheme.seal_query(&mut (), &plan.w).unwrap();
         let q = scheme
             .decode_query(
                 &frame_query(&[], &sealed),

@@ -101,7 +101,7 @@ fn rewrite(attack: Attack, path: &str, body: Vec<u8>) -> Vec<u8> {
         Attack::ShiftPivot(d) if is_start => {
             let mut r = start();
             for c in &mut r.classes {
-                c.pivot_replies[0] = shift(&c.pivot_replies[0], 0, d);
+                c.pivot_replies[0] = shift(&c.pivot_replies[0], 0, d).into();
             }
             enc(&r)
         }

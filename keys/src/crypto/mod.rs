@@ -18,20 +18,25 @@ use blindkd_engine::Result;
 pub trait ClientScheme: Scheme {
     /// Per-class key material derived from a [`ClassKey`] (mlhe: the mask PRF key).
     type Key: Send + Sync;
-    /// Per-session client secrets (mlhe: a fresh BFV secret key).
+    /// One query's client secrets (mlhe: a fresh BFV secret key, its session public key and its
+    /// encryptions of zero). Made before the query is known ([`ClientScheme::new_session`]), so it
+    /// can come from a pool (`protocol::QueryKeyPool`); it seals exactly one query.
     type Session: Send + Sync;
 
     /// Derives the key material of one class for one index.
     fn derive_key(&self, class_key: &ClassKey, index_id: &[u8; 16]) -> Result<Self::Key>;
     /// Seals augmented rows into one block. `rows.len() ≤ block_capacity()`.
     fn seal_block(&self, key: &Self::Key, rows: &[(RowRef, Vec<i64>)]) -> Result<Self::Block>;
-    /// Starts a session with fresh secrets.
-    fn new_session(&self) -> Result<Self::Session>;
+    /// Fresh secrets for one query of `width = dim + 1` coordinates, for the server session whose
+    /// seed is `pk_seed`. The expensive part of sealing (mlhe: every encryption of zero) happens
+    /// here, before the doctor asks (issue 12).
+    fn new_session(&self, pk_seed: &PkSeed, width: usize) -> Result<Self::Session>;
     /// Public session material the server needs (mlhe: the `b` of the session public key, whose
     /// `a` the server derives from `pk_seed`), as bytes.
-    fn session_public(&self, session: &Self::Session, pk_seed: &PkSeed) -> Result<Vec<u8>>;
-    /// Seals the query functional `w` (length `dim + 1`).
-    fn seal_query(&self, session: &Self::Session, w: &[i64]) -> Result<Vec<u8>>;
+    fn session_public(&self, session: &Self::Session) -> Result<Vec<u8>>;
+    /// Seals the query functional `w` (length `dim + 1`). A session seals one query: a second call
+    /// is refused (mlhe would reuse its encryptions of zero and leak the difference of the two).
+    fn seal_query(&self, session: &mut Self::Session, w: &[i64]) -> Result<Vec<u8>>;
     /// The most bytes an honest reply for a block of `rows` rows can have.
     fn reply_bound(&self, rows: usize) -> usize {
         (1 << 20) + rows * 4096
@@ -46,6 +51,19 @@ pub trait ClientScheme: Scheme {
         plan: &QueryPlan,
         rows: &[RowRef],
     ) -> Result<Vec<u128>>;
+}
+
+/// A fresh query key for `w` (for the server session seeded `pk_seed`) and the framed query it
+/// seals (session public key + sealed query), for in-process callers: tests, benchmarks, scans.
+pub fn seal_framed<S: ClientScheme>(
+    scheme: &S,
+    pk_seed: &PkSeed,
+    w: &[i64],
+) -> Result<(S::Session, Vec<u8>)> {
+    let mut session = scheme.new_session(pk_seed, w.len())?;
+    let sealed = scheme.seal_query(&mut session, w)?;
+    let framed = frame_query(&scheme.session_public(&session)?, &sealed);
+    Ok((session, framed))
 }
 
 /// A 32-byte per-class secret from which each scheme derives its key material.

@@ -24,15 +24,15 @@ impl ClientScheme for Plain {
         })
     }
 
-    fn new_session(&self) -> Result<()> {
+    fn new_session(&self, _: &PkSeed, _: usize) -> Result<()> {
         Ok(())
     }
 
-    fn session_public(&self, _: &(), _: &PkSeed) -> Result<Vec<u8>> {
+    fn session_public(&self, _: &()) -> Result<Vec<u8>> {
         Ok(Vec::new())
     }
 
-    fn seal_query(&self, _: &(), w: &[i64]) -> Result<Vec<u8>> {
+    fn seal_query(&self, _: &mut (), w: &[i64]) -> Result<Vec<u8>> {
         postcard::to_allocvec(w).map_err(|e| Error::malformed("plain query", e))
     }
 

@@ -177,15 +177,15 @@ impl ClientScheme for PaperSheClient {
         Ok(SheBlock { rows })
     }
 
-    fn new_session(&self) -> Result<()> {
+    fn new_session(&self, _: &PkSeed, _: usize) -> Result<()> {
         Ok(())
     }
 
-    fn session_public(&self, _: &(), _: &PkSeed) -> Result<Vec<u8>> {
+    fn session_public(&self, _: &()) -> Result<Vec<u8>> {
         Ok(Vec::new())
     }
 
-    fn seal_query(&self, _: &(), w: &[i64]) -> Result<Vec<u8>> {
+    fn seal_query(&self, _: &mut (), w: &[i64]) -> Result<Vec<u8>> {
         let key = self.key.get().ok_or_else(|| {
             Error::InvalidInput(
                 "paper-she seals queries under the SHE key: call derive_key (or attach_key) on \
