@@ -748,12 +748,13 @@ mod load_limit_tests {
         assert!(e.contains("11 classes"), "{e}");
         let e = check(&body(2, 60)).unwrap_err().to_string();
         assert!(e.contains("122 blocks"), "{e}");
-        // 5 × 8192 × 3 × 8 B ≈ 0.94 MiB per mlhe block: 70 blocks are over 64 MiB.
+        // (5 + 1) × 8192 × 3 × 8 B ≈ 1.1 MiB per mlhe block (d + 1 columns and the precomputed
+        // c1): 69 blocks are over 64 MiB.
         let e = check(&body(1, 69)).unwrap_err().to_string();
         assert!(e.contains("server memory"), "{e}");
         assert_eq!(
             projected_memory(&header(), &body(1, 1), |r| *r),
-            2 * 5 * 8192 * 3 * 8 + 8 + 24
+            2 * 6 * 8192 * 3 * 8 + 8 + 24
         );
     }
 }

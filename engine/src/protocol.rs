@@ -20,7 +20,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{plain::Plain, PkSeed, Scheme};
-use crate::index::{IndexHeader, LoadLimits, ServerIndex};
+use crate::index::{IndexHeader, LoadLimits, ServerClass, ServerIndex};
 use crate::tree::TreeShape;
 use crate::{Error, Result};
 
@@ -52,13 +52,29 @@ pub struct StartRequest {
     /// Framed session public material + sealed query ([`crate::crypto::frame_query`]).
     #[serde(with = "serde_bytes")]
     pub query: Vec<u8>,
+    /// Asks for **direct** round 1 (issue 12): every leaf block of the searched classes instead
+    /// of the pivots, when they have at most [`DIRECT_MAX_LEAVES`] leaves in all and the token
+    /// allows that many per query. The query then has one round. The client's fixed policy, not
+    /// a function of the query.
+    pub direct: bool,
 }
+
+/// Most leaf blocks (over the searched classes) that a direct round 1 evaluates; above this the
+/// pivot round's pruning pays for its extra round.
+pub const DIRECT_MAX_LEAVES: u64 = 4;
 
 /// Round-1 reply.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StartReply {
     /// One entry per searched class.
     pub classes: Vec<ClassRound1>,
+    /// Whether round 1 was direct: then `leaves` holds every leaf block of every searched class
+    /// (class by class, in leaf order) and every `pivot_replies` is empty.
+    // LEAKAGE: [access-pattern] a direct round evaluates every leaf of the searched classes: the
+    // access pattern is the class list alone.
+    pub direct: bool,
+    /// The leaf blocks of a direct round 1.
+    pub leaves: Vec<EvaluatedBlock>,
     /// Server compute time for this round, µs.
     pub server_micros: u64,
 }
@@ -255,6 +271,8 @@ pub struct StartInfo {
     pub classes: Vec<String>,
     /// Pivot blocks evaluated.
     pub pivot_blocks: u32,
+    /// Leaf blocks evaluated in round 1 (a direct round; 0 otherwise).
+    pub leaf_blocks: u32,
 }
 
 /// A live query on the server: the decoded query and what it may still touch.
@@ -316,6 +334,20 @@ struct Live<S: Scheme> {
     evaluated: std::collections::HashSet<(u32, u32)>,
     /// Records whose payload was served.
     served: std::collections::HashSet<u64>,
+}
+
+/// Evaluates one (checked) leaf block: its record ids and the scheme's reply.
+fn evaluate_leaf<S: Scheme>(
+    index: &ServerIndex<S>,
+    query: &S::Query,
+    b: BlockRef,
+) -> Result<EvaluatedBlock> {
+    let cls = &index.classes[b.class_idx as usize];
+    Ok(EvaluatedBlock {
+        block: b,
+        record_ids: cls.record_ids[b.leaf as usize].clone(),
+        reply: index.scheme.evaluate(query, &cls.leaves[b.leaf as usize])?,
+    })
 }
 
 fn micros(t: Instant) -> u64 {
@@ -399,26 +431,57 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
                 "none of the token's classes is in this index",
             ));
         }
-        let pivot_blocks: u64 = classes
-            .iter()
-            .map(|&c| self.index.classes[c as usize].pivot_blocks.len() as u64)
-            .sum();
-        meter.charge(pivot_blocks)?;
+        let count = |f: fn(&ServerClass<S>) -> usize| -> u64 {
+            classes
+                .iter()
+                .map(|&c| f(&self.index.classes[c as usize]) as u64)
+                .sum()
+        };
+        let leaf_count = count(|c| c.leaves.len());
+        let direct = req.direct
+            && leaf_count <= DIRECT_MAX_LEAVES
+            && leaf_count <= u64::from(access.max_blocks);
+        let pivot_blocks = if direct {
+            0
+        } else {
+            count(|c| c.pivot_blocks.len())
+        };
+        let leaf_refs: Vec<BlockRef> = if direct {
+            classes
+                .iter()
+                .flat_map(|&c| {
+                    (0..self.index.classes[c as usize].leaves.len()).map(move |l| BlockRef {
+                        class_idx: c,
+                        leaf: l as u32,
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        meter.charge(pivot_blocks + leaf_refs.len() as u64)?;
         let query = self.index.scheme.decode_query(
             &req.query,
             self.index.header.dim as usize,
             &access.pk_seed,
         )?;
+        let leaves = leaf_refs
+            .par_iter()
+            .map(|b| evaluate_leaf(&self.index, &query, *b))
+            .collect::<Result<Vec<_>>>()?;
         // Every pivot block of every searched class: the pivot round is independent of the query.
         let out = classes
             .iter()
             .map(|&c| {
                 let cls = &self.index.classes[c as usize];
-                let pivot_replies = cls
-                    .pivot_blocks
-                    .par_iter()
-                    .map(|b| self.index.scheme.evaluate(&query, b))
-                    .collect::<Result<Vec<_>>>()?;
+                let pivot_replies = if direct {
+                    Vec::new()
+                } else {
+                    cls.pivot_blocks
+                        .par_iter()
+                        .map(|b| self.index.scheme.evaluate(&query, b))
+                        .collect::<Result<Vec<_>>>()?
+                };
                 Ok(ClassRound1 {
                     class_idx: c,
                     class: cls.class.clone(),
@@ -433,6 +496,8 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
             .collect::<Result<Vec<_>>>()?;
         let reply = StartReply {
             classes: out,
+            direct,
+            leaves,
             server_micros: micros(t),
         };
         let bytes =
@@ -444,6 +509,7 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
                 .map(|&c| self.index.classes[c as usize].class.clone())
                 .collect(),
             pivot_blocks: pivot_blocks as u32,
+            leaf_blocks: leaf_refs.len() as u32,
         };
         let live = Live {
             hosted: self,
@@ -451,7 +517,7 @@ impl<S: Scheme> HostedIndex for Hosted<S> {
             access: access.clone(),
             kind: req.kind,
             classes,
-            evaluated: Default::default(),
+            evaluated: leaf_refs.iter().map(|b| (b.class_idx, b.leaf)).collect(),
             served: Default::default(),
         };
         Ok(Started {
@@ -517,16 +583,7 @@ impl<S: Scheme> QueryHandle for Live<S> {
         let blocks = req
             .blocks
             .par_iter()
-            .map(|b| {
-                let cls = &index.classes[b.class_idx as usize];
-                Ok(EvaluatedBlock {
-                    block: *b,
-                    record_ids: cls.record_ids[b.leaf as usize].clone(),
-                    reply: index
-                        .scheme
-                        .evaluate(&self.query, &cls.leaves[b.leaf as usize])?,
-                })
-            })
+            .map(|b| evaluate_leaf(index, &self.query, *b))
             .collect::<Result<Vec<_>>>()?;
         self.evaluated.extend(fresh);
         postcard::to_allocvec(&BlockReply {

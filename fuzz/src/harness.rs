@@ -357,6 +357,7 @@ pub fn plain_start_request(kind: QueryKind, classes: Vec<String>, w: &[i64]) -> 
         kind,
         classes,
         query: frame_query(&[], &q),
+        direct: false,
     })
     .unwrap()
 }

@@ -41,6 +41,9 @@ pub struct BatchPolicy {
     /// Most leaves the whole query may evaluate (the token's `max_blocks`): the client never
     /// asks for more, so batch doubling cannot push an answerable kNN query over its bound.
     pub max_blocks: u32,
+    /// Ask for a direct round 1 (every leaf, no pivot round) when the classes are small
+    /// ([`DIRECT_MAX_LEAVES`]): one round instead of two or more (issue 12).
+    pub direct: bool,
 }
 
 impl Default for BatchPolicy {
@@ -52,6 +55,7 @@ impl Default for BatchPolicy {
             knn_first: 4,
             max_per_request: 64,
             max_blocks: u32::MAX,
+            direct: true,
         }
     }
 }
@@ -465,6 +469,16 @@ impl<S: ClientScheme> Driver<S> {
 
 /// Any failure while reading a reply is the host's: one error, whatever the cause (a check
 /// value, a decoding error, an AEAD failure).
+/// The first slot and row count of leaf `leaf` of a (validated) shape.
+fn leaf_rows(shape: &blindkd_engine::tree::TreeShape, leaf: usize) -> Result<(u64, u32)> {
+    match shape.nodes[shape.leaves[leaf] as usize] {
+        ShapeNode::Leaf {
+            first_slot, rows, ..
+        } => Ok((first_slot, rows)),
+        _ => Err(lie("leaf list points at an inner node")),
+    }
+}
+
 /// A reply before [`QueryClient::start_request`]: the caller's mistake, not the server's.
 fn unsent() -> Error {
     Error::InvalidInput("a reply to a query that was not sent".into())
@@ -483,6 +497,12 @@ impl<S: ClientScheme> Driver<S> {
     fn read_start(&mut self, reply: &[u8]) -> Result<()> {
         let r: StartReply = decode_exact(reply, "the round-1 reply")?;
         self.stats.server_micros += r.server_micros;
+        if r.direct && !self.batch.direct {
+            return Err(lie("a direct round 1 that was not asked for"));
+        }
+        if !r.direct && !r.leaves.is_empty() {
+            return Err(lie("leaf blocks in a pivot round"));
+        }
         let cap = self.scheme.block_capacity();
         let mut want: std::collections::BTreeSet<String> = self.keys.keys().cloned().collect();
         if r.classes.len() != want.len() {
@@ -519,6 +539,30 @@ impl<S: ClientScheme> Driver<S> {
                 }
                 _ => {}
             }
+            self.total_leaves += c.shape.leaves.len() as u64;
+            if r.direct {
+                // No pivots: every leaf is a candidate, and every one is in this reply.
+                if !c.pivot_replies.is_empty() {
+                    return Err(lie("pivot replies in a direct round"));
+                }
+                for leaf in 0..c.shape.leaves.len() {
+                    let (first_slot, rows) = leaf_rows(&c.shape, leaf)?;
+                    self.in_flight.push(BlockRef {
+                        class_idx: c.class_idx,
+                        leaf: leaf as u32,
+                    });
+                    self.pending.push(Candidate {
+                        class_idx: c.class_idx,
+                        leaf: leaf as u32,
+                        lb: 0,
+                        bounds: Vec::new(),
+                        first_slot,
+                        rows,
+                    });
+                }
+                self.class_names.insert(c.class_idx, c.class);
+                continue;
+            }
             let nodes = c.shape.nodes.len();
             if c.pivot_replies.len() != nodes.div_ceil(cap) {
                 return Err(lie("wrong number of pivot replies"));
@@ -550,7 +594,6 @@ impl<S: ClientScheme> Driver<S> {
                 )?);
             }
             self.stats.pivot_blocks += c.pivot_replies.len() as u32;
-            self.total_leaves += c.shape.leaves.len() as u64;
             for (leaf, path) in c.shape.leaf_paths().into_iter().enumerate() {
                 let bounds: Vec<(u128, u64)> = path
                     .iter()
@@ -561,12 +604,7 @@ impl<S: ClientScheme> Driver<S> {
                     .map(|&(d, r)| lower_bound(d, r))
                     .max()
                     .unwrap_or(0);
-                let ShapeNode::Leaf {
-                    first_slot, rows, ..
-                } = c.shape.nodes[c.shape.leaves[leaf] as usize]
-                else {
-                    return Err(lie("leaf list points at an inner node"));
-                };
+                let (first_slot, rows) = leaf_rows(&c.shape, leaf)?;
                 self.pending.push(Candidate {
                     class_idx: c.class_idx,
                     leaf: leaf as u32,
@@ -578,6 +616,10 @@ impl<S: ClientScheme> Driver<S> {
             }
             self.class_names.insert(c.class_idx, c.class);
         }
+        if r.direct {
+            // Every leaf of every class, in class and leaf order, as asked.
+            self.apply_blocks(r.leaves)?;
+        }
         Ok(())
     }
 
@@ -586,6 +628,15 @@ impl<S: ClientScheme> Driver<S> {
     fn read_blocks(&mut self, reply: &[u8]) -> Result<()> {
         let r: BlockReply = decode_exact(reply, "the block reply")?;
         self.stats.server_micros += r.server_micros;
+        self.apply_blocks(r.blocks)
+    }
+
+    /// Checks and opens the answers to the leaves in flight (see [`Driver::read_blocks`]).
+    fn apply_blocks(&mut self, blocks: Vec<EvaluatedBlock>) -> Result<()> {
+        let r = BlockReply {
+            blocks,
+            server_micros: 0,
+        };
         let asked = std::mem::take(&mut self.in_flight);
         if r.blocks.len() != asked.len() {
             return Err(lie(format!(
@@ -668,6 +719,7 @@ impl<S: ClientScheme> QueryClient for Driver<S> {
             kind: self.kind,
             classes: self.classes.clone(),
             query,
+            direct: self.batch.direct,
         })
         .map_err(|e| Error::malformed("start request", e))?;
         self.stats.bytes_up += bytes.len() as u64;

@@ -106,6 +106,7 @@ fn batch_policy_table() {
                             knn_first: first,
                             max_per_request: 64,
                             max_blocks: u32::MAX,
+                            direct: false,
                         },
                     )
                     .unwrap();

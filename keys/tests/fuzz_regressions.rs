@@ -410,6 +410,7 @@ fn generate_seed_corpus() {
                 kind: QueryKind::Knn { k: 1 },
                 classes: vec![],
                 query: vec![0xff; 12],
+                direct: false,
             })
             .unwrap(),
         ),

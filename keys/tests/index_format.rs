@@ -937,6 +937,7 @@ fn plain_extreme_rows_and_query_do_not_panic() {
         kind: QueryKind::Knn { k: 1 },
         classes: vec![],
         query: blindkd_keys::crypto::frame_query(&[], &q),
+        direct: false,
     })
     .unwrap();
     let access = Access {

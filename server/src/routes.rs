@@ -435,7 +435,9 @@ async fn start_query(
     let index = s.indexes[pass.index_id()].clone();
     let permit = slot(&s).await.map_err(|e| err(&s, e))?;
     let t = Instant::now();
-    let access = pass.access().clone();
+    let mut access = pass.access().clone();
+    // A direct round 1 evaluates leaves: the server's own per-query cap bounds it as the token's does.
+    access.max_blocks = access.max_blocks.min(s.limits.blocks.max_blocks_per_query);
     // Charged inside the engine once the query may run: a 429 `overloaded` (which clients retry)
     // costs nothing.
     let mut meter = s.auth.meter(&pass);
@@ -459,6 +461,7 @@ async fn start_query(
     let micros = t.elapsed().as_micros() as u64;
     Metrics::add(&s.metrics.queries_started, 1);
     Metrics::add(&s.metrics.pivot_blocks, started.info.pivot_blocks as u64);
+    Metrics::add(&s.metrics.leaf_blocks, started.info.leaf_blocks as u64);
     Metrics::add(&s.metrics.eval_micros, micros);
     let kind = match started.info.kind {
         QueryKind::Knn { .. } => "knn",
@@ -492,7 +495,8 @@ async fn start_query(
         serde_json::json!({
             "sub": pass.subject(), "session": pass.session_hex(), "index": id_hex(pass.index_id()),
             "query": &qid[..8], "kind": kind, "k": k, "radius": radius, "classes": started.info.classes,
-            "pivot_blocks": started.info.pivot_blocks, "micros": micros,
+            "pivot_blocks": started.info.pivot_blocks, "leaf_blocks": started.info.leaf_blocks,
+            "micros": micros,
         }),
     );
     let mut resp = binary(started.reply, &meter);

@@ -358,6 +358,22 @@ pub fn mlhe() -> &'static Fixture {
     })
 }
 
+/// A small `mlhe` index whose classes fit a direct round 1 (issue 12): 240 records, 4 columns,
+/// 3 classes of one leaf each.
+pub fn mlhe_direct() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        Fixture::build(&FixtureSpec {
+            scheme: SchemeId::Mlhe,
+            n: 240,
+            dims: 4,
+            leaf: 8191,
+            seed: 23,
+            issuer: "hospital-mlhe-direct",
+        })
+    })
+}
+
 /// The first (only) entry of a fixture bundle.
 pub fn entry(b: &Bundle) -> &BundleEntry {
     &b.entries[0]

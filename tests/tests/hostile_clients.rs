@@ -251,6 +251,7 @@ async fn a_knn_query_that_fits_its_bound_is_answered() {
                 knn_first: 1,
                 max_per_request: 1,
                 max_blocks: u32::MAX,
+                direct: false,
             };
             let qe = fx.schema.encode(&q).unwrap();
             let mut c = new_query_client(entry(&b), kind, &qe, vec![], one_by_one).unwrap();

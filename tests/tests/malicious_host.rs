@@ -16,7 +16,7 @@ use blindkd_engine::protocol::{BlockReply, PayloadReply, QueryKind, StartReply};
 use blindkd_engine::tree::{ShapeNode, TreeShape};
 use blindkd_keys::token::DeviceKey;
 use blindkd_server::ServerLimits;
-use blindkd_tests::{entry, mlhe, Client, TestServer};
+use blindkd_tests::{entry, mlhe, mlhe_direct, Client, Fixture, TestServer};
 
 /// What the proxy does to replies.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -54,6 +54,18 @@ enum Attack {
     RewireShape,
     /// A payload reply with the payloads of two records swapped.
     SwapPayloads,
+    /// A direct round 1 without its last leaf.
+    DirectDropLeaf,
+    /// A direct round 1 with each leaf's first row shifted by this much.
+    DirectShiftRow(u64),
+    /// A direct round 1 with the first leaf's record ids reversed.
+    DirectReverseIds,
+    /// A direct round 1 with two leaves' replies swapped.
+    DirectSwapReplies,
+    /// A direct round 1 relabelled as a pivot round (its leaves kept).
+    DirectOff,
+    /// A pivot round relabelled as direct, with no leaves: the answer would be empty.
+    FakeDirect,
 }
 
 struct Proxy {
@@ -96,6 +108,44 @@ fn rewrite(attack: Attack, path: &str, body: Vec<u8>) -> Vec<u8> {
             let mut r = start();
             let first = r.classes[0].clone();
             r.classes.push(first);
+            enc(&r)
+        }
+        Attack::DirectDropLeaf if is_start => {
+            let mut r = start();
+            r.leaves.pop();
+            enc(&r)
+        }
+        Attack::DirectShiftRow(d) if is_start => {
+            let mut r = start();
+            for b in &mut r.leaves {
+                b.reply = shift(&b.reply, 0, d);
+            }
+            enc(&r)
+        }
+        Attack::DirectReverseIds if is_start => {
+            let mut r = start();
+            r.leaves[0].record_ids.reverse();
+            enc(&r)
+        }
+        Attack::DirectSwapReplies if is_start => {
+            let mut r = start();
+            let a = r.leaves[0].reply.clone();
+            r.leaves[0].reply = r.leaves[1].reply.clone();
+            r.leaves[1].reply = a;
+            enc(&r)
+        }
+        Attack::DirectOff if is_start => {
+            let mut r = start();
+            r.direct = false;
+            enc(&r)
+        }
+        Attack::FakeDirect if is_start => {
+            let mut r = start();
+            r.direct = true;
+            r.leaves.clear();
+            for c in &mut r.classes {
+                c.pivot_replies.clear();
+            }
             enc(&r)
         }
         Attack::ShiftPivot(d) if is_start => {
@@ -297,8 +347,19 @@ async fn run(
     q: &[f64],
     payloads: bool,
 ) -> Result<Result<QueryOutcome, ClientError>, &'static str> {
+    run_on(p, mlhe(), attack, kind, q, payloads).await
+}
+
+/// [`run`] on fixture `fx`.
+async fn run_on(
+    p: &Proxy,
+    fx: &Fixture,
+    attack: Attack,
+    kind: QueryKind,
+    q: &[f64],
+    payloads: bool,
+) -> Result<Result<QueryOutcome, ClientError>, &'static str> {
     *p.attack.lock().unwrap() = Attack::Honest;
-    let fx = mlhe();
     let device = DeviceKey::random();
     let client = Client::new(&p.base).unwrap();
     let s = client
@@ -358,13 +419,30 @@ async fn every_lie_fails_closed_with_one_error() {
         (Attack::HugeReply, everything, false),
         (Attack::SwapPayloads, knn, true),
     ];
+    let failures = caught_all(&p, fx, &q, &attacks).await;
+    assert!(
+        failures.is_empty(),
+        "{} attacks not caught:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Runs every attack through the proxy and returns what was not caught with the uniform
+/// integrity error.
+async fn caught_all(
+    p: &Proxy,
+    fx: &Fixture,
+    q: &[f64],
+    attacks: &[(Attack, QueryKind, bool)],
+) -> Vec<String> {
     let mut failures = Vec::new();
-    for (attack, kind, payloads) in attacks {
-        let outcome = run(&p, attack, kind, &q, payloads).await;
+    for &(attack, kind, payloads) in attacks {
+        let outcome = run_on(p, fx, attack, kind, q, payloads).await;
         let verdict = match outcome {
             Err(hang) => Some(hang.to_string()),
             Ok(Ok(got)) => {
-                let want = fx.truth(kind, &q, &[]);
+                let want = fx.truth(kind, q, &[]);
                 let ids: Vec<(u64, u128)> = got
                     .results
                     .iter()
@@ -387,10 +465,56 @@ async fn every_lie_fails_closed_with_one_error() {
             failures.push(format!("{attack:?}: {v}"));
         }
     }
+    failures
+}
+
+/// Issue 12's direct round 1 (every leaf, no pivots, for small classes) is checked as strictly as
+/// the tree rounds: every leaf, in order, with its ids and check values, and only when asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_round_lies_fail_closed() {
+    let fx = mlhe_direct();
+    let server = TestServer::hosting(&[fx], ServerLimits::default()).await;
+    let p = proxy(&server).await;
+    let q = fx.query_points(1, 6).remove(0);
+    let everything = QueryKind::Range {
+        radius: fx.radius_for(&q, usize::MAX, &[]),
+    };
+    let knn = QueryKind::Knn { k: 5 };
+    for kind in [everything, knn] {
+        let got = run_on(&p, fx, Attack::Honest, kind, &q, true)
+            .await
+            .unwrap()
+            .unwrap();
+        fx.assert_matches(&got, &fx.truth(kind, &q, &[]), "honest proxy, direct");
+        assert_eq!(got.stats.rounds, 1, "a direct query has one round");
+        assert_eq!(got.stats.pivot_blocks, 0, "and no pivot block");
+    }
+    let attacks = [
+        (Attack::DirectDropLeaf, everything, false),
+        (Attack::DirectShiftRow(1 << 39), everything, false),
+        (Attack::DirectShiftRow(3), knn, false),
+        (Attack::DirectReverseIds, everything, false),
+        (Attack::DirectSwapReplies, everything, false),
+        (Attack::DirectOff, everything, false),
+        (Attack::DropClass, everything, false),
+        (Attack::TrailingBytes, everything, false),
+    ];
+    let failures = caught_all(&p, fx, &q, &attacks).await;
     assert!(
         failures.is_empty(),
         "{} attacks not caught:\n{}",
         failures.len(),
         failures.join("\n")
     );
+    // A pivot round (the tree fixture has more leaves than a direct round takes) relabelled as
+    // direct with no leaves would be an empty answer.
+    let tree = mlhe();
+    let server = TestServer::hosting(&[tree], ServerLimits::default()).await;
+    let p = proxy(&server).await;
+    let q = tree.query_points(1, 5).remove(0);
+    let everything = QueryKind::Range {
+        radius: tree.radius_for(&q, usize::MAX, &[]),
+    };
+    let failures = caught_all(&p, tree, &q, &[(Attack::FakeDirect, everything, false)]).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

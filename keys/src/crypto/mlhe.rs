@@ -160,7 +160,7 @@ impl ClientScheme for Mlhe {
 
     fn new_session(&self, pk_seed: &PkSeed, width: usize) -> Result<MlheSession> {
         use rayon::prelude::*;
-        if width < 2 || width > MAX_MLHE_DIM + 1 {
+        if !(2..=MAX_MLHE_DIM + 1).contains(&width) {
             return Err(Error::InvalidInput(format!(
                 "mlhe query width {width} outside 2..={}",
                 MAX_MLHE_DIM + 1
