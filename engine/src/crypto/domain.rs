@@ -28,9 +28,6 @@ pub const SESSION_PK_A: &str = "blindkd 2026-11 mlhe session public key a";
 pub const DEVICE_KEY_FILE: &str = "blindkd 2026-11 device key file checksum";
 /// Signature context of a hospital's signed revocation list.
 pub const REVOCATION_LIST: &[u8] = b"blindkd 2026-11 revocation list v1";
-/// Per-row mask and check-weight seeds of mlhe (issue 17): one keyed hash of domain, slot and
-/// record id per row.
-pub const MASK_ROW: &str = "blindkd 2026-11 mlhe row mask and check weight";
 /// Mask PRF key of the check rows of one class and index.
 pub const MASK_CHECK: &str = "blindkd 2026-11 mlhe mask check row";
 /// Signature context of a doctor's key bundle (signed by the owner's issuer key, issue 17 B1).

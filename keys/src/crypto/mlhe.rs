@@ -5,11 +5,7 @@
 
 pub use blindkd_engine::crypto::mlhe::*;
 
-use fhe::bfv::{Ciphertext, Encoding, SecretKey};
 use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
-use fhe_traits::{DeserializeParametrized, FheDecoder, FheDecrypter};
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
 use zeroize::Zeroizing;
 
 use super::{domain, ClassKey, ClientScheme, PkSeed, RowDomain, RowRef, Scheme};
@@ -29,45 +25,81 @@ impl std::fmt::Debug for MlheKey {
     }
 }
 
-/// `len` values uniform in `[0, t)` (rejection sampling on 40-bit draws: t is a prime just below
-/// 2^40, so about one draw in 7.5 million is redrawn).
-fn uniform_mod(rng: &mut ChaCha20Rng, len: usize, t: u64) -> Vec<u64> {
-    let bits = 64 - t.leading_zeros();
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        let v = rng.next_u64() >> (64 - bits);
-        if v < t {
-            out.push(v);
+/// Reads values uniform in `[0, t)` from a keyed BLAKE3 XOF: 40-bit little-endian draws, five
+/// bytes each, twelve per 64-byte output block, redrawn when ≥ t (t is a prime just below 2^40,
+/// so about one draw in 7.5 million is redrawn).
+struct MaskStream {
+    xof: blake3::OutputReader,
+    buf: [u8; 64],
+    pos: usize,
+    t: u64,
+}
+
+impl MaskStream {
+    fn new(key: &[u8; 32], parts: &[&[u8]], t: u64) -> Self {
+        let mut h = blake3::Hasher::new_keyed(key);
+        for p in parts {
+            h.update(p);
+        }
+        let mut xof = h.finalize_xof();
+        let mut buf = [0u8; 64];
+        xof.fill(&mut buf);
+        MaskStream {
+            xof,
+            buf,
+            pos: 0,
+            t,
         }
     }
-    out
+
+    fn next(&mut self) -> u64 {
+        loop {
+            if self.pos + 5 > self.buf.len() {
+                self.xof.fill(&mut self.buf);
+                self.pos = 0;
+            }
+            let mut v = [0u8; 8];
+            v[..5].copy_from_slice(&self.buf[self.pos..self.pos + 5]);
+            self.pos += 5;
+            let v = u64::from_le_bytes(v);
+            if v < self.t {
+                return v;
+            }
+        }
+    }
 }
 
 impl MlheKey {
-    /// The mask `m ∈ Z_t^{len}` of one row and its check weight β ∈ Z_t: ChaCha20 from a keyed
-    /// hash of the row's domain, slot and record id, so both change if any of them does.
-    pub(crate) fn mask(&self, row: RowRef, len: usize, t: u64) -> (Vec<u64>, u64) {
+    /// Writes the mask `m ∈ Z_t^{len}` of one row into `m` and returns its check weight β ∈ Z_t:
+    /// one keyed BLAKE3 XOF of the row's slot and record id (the key is per class, index and
+    /// domain), so both change if any of them does.
+    pub(crate) fn mask_into(&self, row: RowRef, m: &mut [u64], t: u64) -> u64 {
         let key = match row.domain {
             RowDomain::Leaf => &self.leaf,
             RowDomain::Pivot => &self.pivot,
         };
-        let mut h = blake3::Hasher::new_keyed(key);
-        h.update(domain::MASK_ROW.as_bytes());
-        h.update(&row.id.to_le_bytes());
-        h.update(&row.record.to_le_bytes());
-        let mut rng = ChaCha20Rng::from_seed(*h.finalize().as_bytes());
-        let m = uniform_mod(&mut rng, len, t);
-        let beta = uniform_mod(&mut rng, 1, t)[0];
+        let mut s = MaskStream::new(key, &[&row.id.to_le_bytes(), &row.record.to_le_bytes()], t);
+        for mi in m.iter_mut() {
+            *mi = s.next();
+        }
+        s.next()
+    }
+
+    /// [`MlheKey::mask_into`] into a fresh vector.
+    pub(crate) fn mask(&self, row: RowRef, len: usize, t: u64) -> (Vec<u64>, u64) {
+        let mut m = vec![0; len];
+        let beta = self.mask_into(row, &mut m, t);
         (m, beta)
     }
 
     /// The mask of a block's check row; the block is named by its first row.
     fn check_mask(&self, first: RowRef, len: usize, t: u64) -> Vec<u64> {
-        let mut h = blake3::Hasher::new_keyed(&self.check);
-        h.update(&[first.domain as u8]);
-        h.update(&first.id.to_le_bytes());
-        let mut rng = ChaCha20Rng::from_seed(*h.finalize().as_bytes());
-        uniform_mod(&mut rng, len, t)
+        let mut s = MaskStream::new(
+            &self.check,
+            &[&[first.domain as u8], &first.id.to_le_bytes()],
+            t,
+        );
+        (0..len).map(|_| s.next()).collect()
     }
 }
 
@@ -76,33 +108,14 @@ impl MlheKey {
 /// [`Mlhe::query_a`], all made before the query is known. Sealing adds `⌊q·wᵢ/t⌋` to each `c0`
 /// and uses them up. Zeroized on drop (the key by fhe), never printed.
 pub struct MlheSession {
-    sk: SecretKey,
+    /// The secret at the last level (q₀), NTT form: replies are decrypted there.
+    s_last: Zeroizing<Poly>,
     public: Vec<u8>,
     zeros: Option<Vec<Poly>>,
 }
 
 /// Variance of the centred binomial secret and error, as in fhe.rs's own keys.
 const VARIANCE: usize = 10;
-
-/// The protobuf fhe.rs reads a secret key from: field 1, packed zigzag varints.
-fn secret_key_proto(coeffs: &[i64]) -> Zeroizing<Vec<u8>> {
-    fn varint(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-    let mut body = Zeroizing::new(Vec::with_capacity(coeffs.len() * 2));
-    for &c in coeffs {
-        varint(&mut body, ((c << 1) ^ (c >> 63)) as u64);
-    }
-    let mut out = Zeroizing::new(Vec::with_capacity(body.len() + 6));
-    out.push(0x0a);
-    varint(&mut out, body.len() as u64);
-    out.extend_from_slice(&body);
-    out
-}
 
 impl std::fmt::Debug for MlheSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,8 +186,16 @@ impl ClientScheme for Mlhe {
             fhe_util::sample_vec_cbd(DEGREE, VARIANCE, &mut rand::rng())
                 .map_err(|e| Error::Crypto(e.to_string()))?,
         );
-        let sk = SecretKey::from_bytes(&secret_key_proto(&coeffs), self.bfv_parameters())
-            .map_err(|e| Error::Crypto(e.to_string()))?;
+        let mut s_last = Zeroizing::new(
+            Poly::try_convert_from(
+                &coeffs[..],
+                self.last_ctx()?,
+                false,
+                Representation::PowerBasis,
+            )
+            .map_err(cerr)?,
+        );
+        s_last.change_representation(Representation::Ntt);
         let ctx = self.top_ctx()?;
         let mut sp = Zeroizing::new(
             Poly::try_convert_from(&coeffs[..], ctx, false, Representation::PowerBasis)
@@ -194,7 +215,7 @@ impl ClientScheme for Mlhe {
             .map(|i| zero_on(self.query_a(i)?))
             .collect::<Result<Vec<_>>>()?;
         Ok(MlheSession {
-            sk,
+            s_last,
             public,
             zeros: Some(zeros),
         })
@@ -205,7 +226,7 @@ impl ClientScheme for Mlhe {
     }
 
     fn seal_query(&self, s: &mut MlheSession, w: &[i64]) -> Result<Vec<u8>> {
-        let mut zeros = s.zeros.take().ok_or_else(|| {
+        let zeros = s.zeros.take().ok_or_else(|| {
             Error::InvalidInput(
                 "this query key has sealed a query already (a second query under it would leak \
                  the difference of the two)"
@@ -219,19 +240,29 @@ impl ClientScheme for Mlhe {
                 zeros.len()
             )));
         }
-        let ctx = self.top_ctx()?;
         let scale = Scale::new(self)?;
-        for (c0, &wi) in zeros.iter_mut().zip(w) {
-            // A constant polynomial is the same value in every NTT slot.
-            let v: Vec<u64> = scale
-                .of(wi)
-                .into_iter()
-                .flat_map(|r| std::iter::repeat_n(r, DEGREE))
-                .collect();
-            *c0 += &Poly::try_convert_from(v, ctx, false, Representation::Ntt)
-                .map_err(|e| Error::Crypto(e.to_string()))?;
+        // c0ᵢ + ⌊q·wᵢ/t⌋: a constant polynomial is the same value in every NTT slot, so the
+        // addition is one pass over the residues, fused with packing them.
+        let count = u16::try_from(zeros.len())
+            .map_err(|_| Error::InvalidInput("too many query coordinates".into()))?;
+        let mut out = Vec::with_capacity(6 + zeros.len() * self.top_poly_bytes());
+        out.extend_from_slice(QUERY_MAGIC);
+        out.extend_from_slice(&count.to_le_bytes());
+        let mut shifted = vec![0u64; DEGREE];
+        for (c0, &wi) in zeros.iter().zip(w) {
+            let coeffs = c0.coefficients();
+            for (row, (&add, &(qi, _))) in coeffs
+                .outer_iter()
+                .zip(scale.of(wi).iter().zip(&scale.primes))
+            {
+                for (o, &x) in shifted.iter_mut().zip(row.iter()) {
+                    let y = x + add;
+                    *o = if y >= qi { y - qi } else { y };
+                }
+                pack_residues(&shifted, &mut out);
+            }
         }
-        self.encode_query(&zeros)
+        Ok(out)
     }
 
     fn open(
@@ -249,27 +280,8 @@ impl ClientScheme for Mlhe {
                 rows.len()
             )));
         }
-        let ctx = self.last_ctx()?;
-        let cerr = |e: fhe_math::Error| Error::Crypto(e.to_string());
-        let mut p0 =
-            Poly::try_convert_from(c0, ctx, false, Representation::PowerBasis).map_err(cerr)?;
-        let mut p1 =
-            Poly::try_convert_from(c1, ctx, false, Representation::PowerBasis).map_err(cerr)?;
-        p0.change_representation(Representation::Ntt);
-        p1.change_representation(Representation::Ntt);
-        let ct = Ciphertext::new(vec![p0, p1], self.bfv_parameters())
-            .map_err(|e| Error::Crypto(e.to_string()))?;
-        let pt =
-            s.sk.try_decrypt(&ct)
-                .map_err(|e| Error::Crypto(e.to_string()))?;
-        let coeffs = Zeroizing::new(
-            Vec::<u64>::try_decode(
-                &pt,
-                Encoding::poly_at_level(self.bfv_parameters().max_level()),
-            )
-            .map_err(|e| Error::Crypto(e.to_string()))?,
-        );
         let t = self.t();
+        let coeffs = decrypt_q0(self, s, &c0, c1, t)?;
         let tt = i128::from(t);
         // ⟨m, w⟩ mod t, with w's entries taken mod t once: each product is below 2^80 and at most
         // 65 of them are summed, so one reduction per row suffices.
@@ -289,8 +301,9 @@ impl ClientScheme for Mlhe {
         // ⟨aⱼ, w⟩ mod t for every data row, and Σ βⱼ·⟨aⱼ, w⟩.
         let mut inner = Vec::with_capacity(rows.len());
         let mut expected = 0i128;
+        let mut m = vec![0u64; plan.w.len()];
         for (j, &r) in rows.iter().enumerate() {
-            let (m, beta) = key.mask(r, plan.w.len(), t);
+            let beta = key.mask_into(r, &mut m, t);
             let v = (i128::from(coeffs[j]) - mw(&m)).rem_euclid(tt);
             expected = (expected + i128::from(beta) * v) % tt;
             inner.push(v);
@@ -320,6 +333,38 @@ impl ClientScheme for Mlhe {
             })
             .collect()
     }
+}
+
+/// BFV decryption at q₀: `round(t·[c0 + c1·s]_{q₀} / q₀) mod t` for every coefficient (the
+/// reply is at one prime, so two NTTs of one prime and a u128 division per row; fhe.rs's
+/// general path cost three times as much here).
+fn decrypt_q0(
+    m: &Mlhe,
+    s: &MlheSession,
+    c0: &[u64],
+    c1: Vec<u64>,
+    t: u64,
+) -> Result<Zeroizing<Vec<u64>>> {
+    let last = m.last_ctx()?;
+    let q0 = u128::from(last.moduli()[0]);
+    let cerr = |e: fhe_math::Error| Error::Crypto(e.to_string());
+    let mut c1s = Zeroizing::new(
+        Poly::try_convert_from(c1, last, false, Representation::PowerBasis).map_err(cerr)?,
+    );
+    c1s.change_representation(Representation::Ntt);
+    *c1s.as_mut() *= s.s_last.as_ref();
+    c1s.change_representation(Representation::PowerBasis);
+    let t = u128::from(t);
+    let coeffs = c1s.coefficients();
+    Ok(Zeroizing::new(
+        c0.iter()
+            .zip(coeffs.row(0))
+            .map(|(&a, &b)| {
+                let v = (u128::from(a) + u128::from(b)) % q0;
+                ((t * v + q0 / 2) / q0 % t) as u64
+            })
+            .collect(),
+    ))
 }
 
 /// `⌊q·m/t⌋ mod qᵢ` for a plaintext constant m, as fhe.rs encodes plaintexts:
@@ -419,6 +464,8 @@ mod tests {
     use crate::crypto::frame_query;
     use blindkd_engine::encoding::{augment, squared_distance};
     use rand::Rng;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
 
     fn rows(n: usize, d: usize, seed: u64) -> Vec<Vec<i64>> {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
