@@ -616,6 +616,10 @@ impl<S: ClientScheme> Driver<S> {
             }
             self.class_names.insert(c.class_idx, c.class);
         }
+        // The duplicate check sees every record id of every opened leaf: size it once (bounded,
+        // since the sizes come from the host) instead of rehashing as it grows.
+        let records: u64 = self.pending.iter().map(|c| u64::from(c.rows)).sum();
+        self.seen.reserve(records.min(1 << 17) as usize);
         if r.direct {
             // Every leaf of every class, in class and leaf order, as asked.
             self.apply_blocks(r.leaves)?;

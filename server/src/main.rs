@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc keeps freed pages for reuse across queries (issue 12; see the `blindkd` binary).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = blindkd_server::ServeArgs::parse();
     match blindkd_server::run_from_args(args) {
