@@ -328,50 +328,42 @@ impl Fixture {
     }
 }
 
+/// One shared small fixture of 4 columns and 3 classes, built on first use.
+fn shared(
+    cell: &'static OnceLock<Fixture>,
+    scheme: SchemeId,
+    (n, leaf, seed): (usize, usize, u64),
+    issuer: &'static str,
+) -> &'static Fixture {
+    cell.get_or_init(|| {
+        Fixture::build(&FixtureSpec {
+            scheme,
+            n,
+            dims: 4,
+            leaf,
+            seed,
+            issuer,
+        })
+    })
+}
+
 /// The shared small `plain` index (300 records, 4 columns, 3 classes, leaves of 16).
 pub fn plain() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        Fixture::build(&FixtureSpec {
-            scheme: SchemeId::Plain,
-            n: 300,
-            dims: 4,
-            leaf: 16,
-            seed: 11,
-            issuer: "hospital-plain",
-        })
-    })
+    shared(&F, SchemeId::Plain, (300, 16, 11), "hospital-plain")
 }
 
 /// The shared small `mlhe` index (240 records, 4 columns, 3 classes, leaves of 32).
 pub fn mlhe() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        Fixture::build(&FixtureSpec {
-            scheme: SchemeId::Mlhe,
-            n: 240,
-            dims: 4,
-            leaf: 32,
-            seed: 22,
-            issuer: "hospital-mlhe",
-        })
-    })
+    shared(&F, SchemeId::Mlhe, (240, 32, 22), "hospital-mlhe")
 }
 
 /// A small `mlhe` index whose classes fit a direct round 1 (issue 12): 240 records, 4 columns,
 /// 3 classes of one leaf each.
 pub fn mlhe_direct() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        Fixture::build(&FixtureSpec {
-            scheme: SchemeId::Mlhe,
-            n: 240,
-            dims: 4,
-            leaf: 8191,
-            seed: 23,
-            issuer: "hospital-mlhe-direct",
-        })
-    })
+    shared(&F, SchemeId::Mlhe, (240, 8191, 23), "hospital-mlhe-direct")
 }
 
 /// The first (only) entry of a fixture bundle.

@@ -12,11 +12,54 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use blindkd_client::{ClientError, QueryOutcome};
 use blindkd_engine::crypto::mlhe::Mlhe;
-use blindkd_engine::protocol::{BlockReply, PayloadReply, QueryKind, StartReply};
+use blindkd_engine::protocol::{BlockReply, EvaluatedBlock, PayloadReply, QueryKind, StartReply};
 use blindkd_engine::tree::{ShapeNode, TreeShape};
 use blindkd_keys::token::DeviceKey;
 use blindkd_server::ServerLimits;
 use blindkd_tests::{entry, mlhe, mlhe_direct, Client, Fixture, TestServer};
+
+/// A lie about evaluated leaf blocks, in a block round or in a direct round 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum LeafLie {
+    /// Each leaf reply's first row shifted by this much.
+    ShiftRow(u64),
+    /// The last leaf dropped.
+    Truncate,
+    /// The record ids of the first leaf reversed.
+    ReverseIds,
+    /// One id repeated over the next.
+    RepeatId,
+    /// An id that is in no leaf of the index.
+    ForeignId,
+    /// Two leaves' replies swapped (ids kept in place).
+    SwapReplies,
+}
+
+fn tell(lie: LeafLie, blocks: &mut Vec<EvaluatedBlock>) {
+    match lie {
+        LeafLie::ShiftRow(d) => {
+            for b in blocks.iter_mut() {
+                b.reply = shift(&b.reply, 0, d);
+            }
+        }
+        LeafLie::Truncate => {
+            blocks.pop();
+        }
+        LeafLie::ReverseIds => blocks[0].record_ids.reverse(),
+        LeafLie::RepeatId => {
+            let ids = &mut blocks[0].record_ids;
+            ids[1] = ids[0];
+        }
+        LeafLie::ForeignId => blocks[0].record_ids[0] ^= 0x5555_0000_0000_0001,
+        LeafLie::SwapReplies => {
+            if blocks.len() >= 2 {
+                let a = blocks[0].reply.clone();
+                blocks[0].reply = blocks[1].reply.clone();
+                blocks[1].reply = a;
+            }
+        }
+    }
+}
 
 /// What the proxy does to replies.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -30,20 +73,10 @@ enum Attack {
     RepeatClass,
     /// Round 1 with one pivot result shifted by this much.
     ShiftPivot(u64),
-    /// Each leaf reply's first row shifted by this much.
-    ShiftRow(u64),
-    /// The last leaf of every block reply dropped.
-    TruncateLeaves,
+    /// A lie about the leaves of every block reply.
+    Leaves(LeafLie),
     /// Leaf replies with zero blocks, forever (the proxy answers itself).
     EmptyBlocks,
-    /// The record ids of the first leaf reversed.
-    ReverseIds,
-    /// One id repeated over the next.
-    RepeatId,
-    /// An id that is in no leaf of the index.
-    ForeignId,
-    /// Two leaves' replies swapped (ids kept in place).
-    SwapLeafReplies,
     /// A reply of 256 MiB.
     HugeReply,
     /// Trailing bytes after a valid round-1 reply.
@@ -54,14 +87,8 @@ enum Attack {
     RewireShape,
     /// A payload reply with the payloads of two records swapped.
     SwapPayloads,
-    /// A direct round 1 without its last leaf.
-    DirectDropLeaf,
-    /// A direct round 1 with each leaf's first row shifted by this much.
-    DirectShiftRow(u64),
-    /// A direct round 1 with the first leaf's record ids reversed.
-    DirectReverseIds,
-    /// A direct round 1 with two leaves' replies swapped.
-    DirectSwapReplies,
+    /// A lie about the leaves of a direct round 1.
+    Direct(LeafLie),
     /// A direct round 1 relabelled as a pivot round (its leaves kept).
     DirectOff,
     /// A pivot round relabelled as direct, with no leaves: the answer would be empty.
@@ -110,28 +137,9 @@ fn rewrite(attack: Attack, path: &str, body: Vec<u8>) -> Vec<u8> {
             r.classes.push(first);
             enc(&r)
         }
-        Attack::DirectDropLeaf if is_start => {
+        Attack::Direct(lie) if is_start => {
             let mut r = start();
-            r.leaves.pop();
-            enc(&r)
-        }
-        Attack::DirectShiftRow(d) if is_start => {
-            let mut r = start();
-            for b in &mut r.leaves {
-                b.reply = shift(&b.reply, 0, d);
-            }
-            enc(&r)
-        }
-        Attack::DirectReverseIds if is_start => {
-            let mut r = start();
-            r.leaves[0].record_ids.reverse();
-            enc(&r)
-        }
-        Attack::DirectSwapReplies if is_start => {
-            let mut r = start();
-            let a = r.leaves[0].reply.clone();
-            r.leaves[0].reply = r.leaves[1].reply.clone();
-            r.leaves[1].reply = a;
+            tell(lie, &mut r.leaves);
             enc(&r)
         }
         Attack::DirectOff if is_start => {
@@ -167,41 +175,9 @@ fn rewrite(attack: Attack, path: &str, body: Vec<u8>) -> Vec<u8> {
             b.extend_from_slice(&[0, 0, 0]);
             b
         }
-        Attack::ShiftRow(d) if is_blocks => {
+        Attack::Leaves(lie) if is_blocks => {
             let mut r = blocks();
-            for b in &mut r.blocks {
-                b.reply = shift(&b.reply, 0, d);
-            }
-            enc(&r)
-        }
-        Attack::TruncateLeaves if is_blocks => {
-            let mut r = blocks();
-            r.blocks.pop();
-            enc(&r)
-        }
-        Attack::ReverseIds if is_blocks => {
-            let mut r = blocks();
-            r.blocks[0].record_ids.reverse();
-            enc(&r)
-        }
-        Attack::RepeatId if is_blocks => {
-            let mut r = blocks();
-            let ids = &mut r.blocks[0].record_ids;
-            ids[1] = ids[0];
-            enc(&r)
-        }
-        Attack::ForeignId if is_blocks => {
-            let mut r = blocks();
-            r.blocks[0].record_ids[0] ^= 0x5555_0000_0000_0001;
-            enc(&r)
-        }
-        Attack::SwapLeafReplies if is_blocks => {
-            let mut r = blocks();
-            if r.blocks.len() >= 2 {
-                let a = r.blocks[0].reply.clone();
-                r.blocks[0].reply = r.blocks[1].reply.clone();
-                r.blocks[1].reply = a;
-            }
+            tell(lie, &mut r.blocks);
             enc(&r)
         }
         Attack::SwapPayloads if is_payloads => {
@@ -339,18 +315,7 @@ async fn proxy(upstream: &TestServer) -> Proxy {
     }
 }
 
-/// Runs one query through the proxy under `attack`, bounded in time.
-async fn run(
-    p: &Proxy,
-    attack: Attack,
-    kind: QueryKind,
-    q: &[f64],
-    payloads: bool,
-) -> Result<Result<QueryOutcome, ClientError>, &'static str> {
-    run_on(p, mlhe(), attack, kind, q, payloads).await
-}
-
-/// [`run`] on fixture `fx`.
+/// Runs one query on fixture `fx` through the proxy under `attack`, bounded in time.
 async fn run_on(
     p: &Proxy,
     fx: &Fixture,
@@ -378,25 +343,57 @@ async fn run_on(
     r
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_lie_fails_closed_with_one_error() {
-    let fx = mlhe();
+/// A server hosting one fixture behind the rewriting proxy, a query point, a range that covers
+/// every record, a kNN k = 5, and both answered honestly through the proxy (checked exact).
+struct Scene {
+    /// Bind it (`_server`, not `..`): the proxy forwards to it.
+    _server: TestServer,
+    p: Proxy,
+    q: Vec<f64>,
+    everything: QueryKind,
+    knn: QueryKind,
+    honest: Vec<QueryOutcome>,
+}
+
+async fn scene(fx: &'static Fixture, seed: u64) -> Scene {
     let server = TestServer::hosting(&[fx], ServerLimits::default()).await;
     let p = proxy(&server).await;
-    let q = fx.query_points(1, 5).remove(0);
-    // A range covering every record, and a kNN whose answer pivots steer.
+    let q = fx.query_points(1, seed).remove(0);
     let everything = QueryKind::Range {
         radius: fx.radius_for(&q, usize::MAX, &[]),
     };
     let knn = QueryKind::Knn { k: 5 };
-    // Honest through the proxy: exact.
+    let mut honest = Vec::new();
     for kind in [everything, knn] {
-        let got = run(&p, Attack::Honest, kind, &q, true)
+        let got = run_on(&p, fx, Attack::Honest, kind, &q, true)
             .await
             .unwrap()
             .unwrap();
         fx.assert_matches(&got, &fx.truth(kind, &q, &[]), "honest proxy");
+        honest.push(got);
     }
+    Scene {
+        _server: server,
+        p,
+        q,
+        everything,
+        knn,
+        honest,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lie_fails_closed_with_one_error() {
+    let fx = mlhe();
+    // A range covering every record, and a kNN whose answer pivots steer.
+    let Scene {
+        _server,
+        p,
+        q,
+        everything,
+        knn,
+        ..
+    } = scene(fx, 5).await;
     let attacks = [
         (Attack::EmptyStart, everything, false),
         (Attack::DropClass, everything, false),
@@ -407,15 +404,23 @@ async fn every_lie_fails_closed_with_one_error() {
         (Attack::ShiftPivot(1 << 38), knn, false),
         (Attack::ShiftPivot(1 << 36), knn, false),
         (Attack::ShiftPivot(1), knn, false),
-        (Attack::ShiftRow(1 << 39), everything, false),
-        (Attack::ShiftRow(1 << 38), everything, false),
-        (Attack::ShiftRow(3), knn, false),
-        (Attack::TruncateLeaves, everything, false),
+        (
+            Attack::Leaves(LeafLie::ShiftRow(1 << 39)),
+            everything,
+            false,
+        ),
+        (
+            Attack::Leaves(LeafLie::ShiftRow(1 << 38)),
+            everything,
+            false,
+        ),
+        (Attack::Leaves(LeafLie::ShiftRow(3)), knn, false),
+        (Attack::Leaves(LeafLie::Truncate), everything, false),
         (Attack::EmptyBlocks, everything, false),
-        (Attack::ReverseIds, everything, false),
-        (Attack::RepeatId, everything, false),
-        (Attack::ForeignId, everything, false),
-        (Attack::SwapLeafReplies, everything, false),
+        (Attack::Leaves(LeafLie::ReverseIds), everything, false),
+        (Attack::Leaves(LeafLie::RepeatId), everything, false),
+        (Attack::Leaves(LeafLie::ForeignId), everything, false),
+        (Attack::Leaves(LeafLie::SwapReplies), everything, false),
         (Attack::HugeReply, everything, false),
         (Attack::SwapPayloads, knn, true),
     ];
@@ -473,28 +478,29 @@ async fn caught_all(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_round_lies_fail_closed() {
     let fx = mlhe_direct();
-    let server = TestServer::hosting(&[fx], ServerLimits::default()).await;
-    let p = proxy(&server).await;
-    let q = fx.query_points(1, 6).remove(0);
-    let everything = QueryKind::Range {
-        radius: fx.radius_for(&q, usize::MAX, &[]),
-    };
-    let knn = QueryKind::Knn { k: 5 };
-    for kind in [everything, knn] {
-        let got = run_on(&p, fx, Attack::Honest, kind, &q, true)
-            .await
-            .unwrap()
-            .unwrap();
-        fx.assert_matches(&got, &fx.truth(kind, &q, &[]), "honest proxy, direct");
+    let Scene {
+        _server,
+        p,
+        q,
+        everything,
+        knn,
+        honest,
+        ..
+    } = scene(fx, 6).await;
+    for got in honest {
         assert_eq!(got.stats.rounds, 1, "a direct query has one round");
         assert_eq!(got.stats.pivot_blocks, 0, "and no pivot block");
     }
     let attacks = [
-        (Attack::DirectDropLeaf, everything, false),
-        (Attack::DirectShiftRow(1 << 39), everything, false),
-        (Attack::DirectShiftRow(3), knn, false),
-        (Attack::DirectReverseIds, everything, false),
-        (Attack::DirectSwapReplies, everything, false),
+        (Attack::Direct(LeafLie::Truncate), everything, false),
+        (
+            Attack::Direct(LeafLie::ShiftRow(1 << 39)),
+            everything,
+            false,
+        ),
+        (Attack::Direct(LeafLie::ShiftRow(3)), knn, false),
+        (Attack::Direct(LeafLie::ReverseIds), everything, false),
+        (Attack::Direct(LeafLie::SwapReplies), everything, false),
         (Attack::DirectOff, everything, false),
         (Attack::DropClass, everything, false),
         (Attack::TrailingBytes, everything, false),
@@ -509,12 +515,13 @@ async fn direct_round_lies_fail_closed() {
     // A pivot round (the tree fixture has more leaves than a direct round takes) relabelled as
     // direct with no leaves would be an empty answer.
     let tree = mlhe();
-    let server = TestServer::hosting(&[tree], ServerLimits::default()).await;
-    let p = proxy(&server).await;
-    let q = tree.query_points(1, 5).remove(0);
-    let everything = QueryKind::Range {
-        radius: tree.radius_for(&q, usize::MAX, &[]),
-    };
+    let Scene {
+        _server,
+        p,
+        q,
+        everything,
+        ..
+    } = scene(tree, 5).await;
     let failures = caught_all(&p, tree, &q, &[(Attack::FakeDirect, everything, false)]).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
