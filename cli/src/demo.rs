@@ -108,10 +108,10 @@ pub fn demo(a: &DemoArgs) -> anyhow::Result<()> {
         progress: false,
         owner_key: Some(key_path.clone()),
     };
-    let (report, opaque_ids) = blindkd_indexer::build::build(&mut owner, &ds, &job)?;
+    let (report, opaque_ids) = blindkd_indexer::build::build(&mut owner, ds.clone(), &job)?;
     println!(
         "    {} records ({} rows skipped: missing cells), {} columns, z-scored (distances in standard deviations)",
-        report.records, ds.report.rows_skipped_missing, report.columns.len()
+        report.records, report.rows_skipped_missing, report.columns.len()
     );
     println!(
         "    {} written: {} bytes, sealed in {:.2} s, index id {}",

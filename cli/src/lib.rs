@@ -561,7 +561,7 @@ fn index(a: &IndexArgs) -> anyhow::Result<()> {
         progress: !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         owner_key: Some(a.key.clone()),
     };
-    let (report, _) = blindkd_indexer::build::build(&mut owner, &ds, &job)?;
+    let (report, _) = blindkd_indexer::build::build(&mut owner, ds, &job)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

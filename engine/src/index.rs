@@ -318,14 +318,19 @@ pub fn shape_hash(shape: &TreeShape) -> [u8; 32] {
 /// Serialises header and body into the file format.
 pub fn encode_file<B: Serialize>(header: &IndexHeader, body: &IndexBody<B>) -> Result<Vec<u8>> {
     let h = postcard::to_allocvec(header).map_err(|e| Error::malformed("index header", e))?;
-    let b = postcard::to_allocvec(body).map_err(|e| Error::malformed("index body", e))?;
-    let mut out = Vec::with_capacity(8 + 4 + 4 + h.len() + 8 + b.len() + 40);
+    let mut out = Vec::with_capacity(8 + 4 + 4 + h.len() + 8);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(h.len() as u32).to_le_bytes());
     out.extend_from_slice(&h);
-    out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-    out.extend_from_slice(&b);
+    // The body is encoded in place (one buffer, not a body buffer and a copy: at 10⁷ records the
+    // file is 1.7 GB), then its length is patched in.
+    let len_at = out.len();
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut out = postcard::to_extend(body, out).map_err(|e| Error::malformed("index body", e))?;
+    let body_len = (out.len() - len_at - 8) as u64;
+    out[len_at..len_at + 8].copy_from_slice(&body_len.to_le_bytes());
+    out.reserve_exact(40);
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
     out.extend_from_slice(END_MAGIC);

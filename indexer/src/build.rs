@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use blindkd_engine::crypto::mlhe::Mlhe;
 use blindkd_engine::crypto::plain::Plain;
-use blindkd_engine::crypto::SchemeId;
+use blindkd_engine::crypto::{Scheme, SchemeId};
 use blindkd_engine::encoding::Schema;
 use blindkd_engine::index::{id_hex, SchemeParams};
 use blindkd_keys::owner::{build_index, BuildOptions, IndexRecord, OwnerKey, OwnerRecord};
@@ -70,9 +70,12 @@ pub struct IndexReport {
 
 /// Builds the schema (with the job's scaling) and the index, writes it atomically, and records the
 /// index in the owner key (the caller saves the key).
+///
+/// Takes the dataset by value: its rows move into the sealed records instead of being copied
+/// (at 10⁷ records every copy of the table is gigabytes; issue 12).
 pub fn build(
     owner: &mut OwnerKey,
-    ds: &Dataset,
+    ds: Dataset,
     job: &IndexJob,
 ) -> anyhow::Result<(IndexReport, Vec<u64>)> {
     if job.scheme == SchemeId::Plain {
@@ -82,21 +85,31 @@ pub fn build(
     }
     let scaling = match &job.scaling {
         Some(s) => s.clone(),
-        None => Scaling::Uniform(suggest_scale(ds, job.bits)),
+        None => Scaling::Uniform(suggest_scale(&ds, job.bits)),
     };
-    let schema = build_schema(ds, &scaling, job.bits, job.weights.as_deref())?;
-    let encoded = encode_all(ds, &schema)?;
+    let schema = build_schema(&ds, &scaling, job.bits, job.weights.as_deref())?;
+    let encoded = encode_all(&ds, &schema)?;
+    let rows_skipped_missing = ds.report.rows_skipped_missing;
+    let mut classes: Vec<(String, usize)> = Vec::new();
+    for r in &ds.records {
+        match classes.iter_mut().find(|(c, _)| c == &r.class) {
+            Some((_, n)) => *n += 1,
+            None => classes.push((r.class.clone(), 1)),
+        }
+    }
+    classes.sort();
     let records: Vec<OwnerRecord> = ds
         .records
-        .iter()
+        .into_iter()
         .zip(encoded)
         .map(|(r, x)| OwnerRecord {
-            id: r.id.clone(),
-            class: r.class.clone(),
+            id: r.id,
+            class: r.class,
             x,
-            payload: r.payload.clone(),
+            payload: r.payload,
         })
         .collect();
+    let n_records = records.len();
     let name = job
         .out
         .file_stem()
@@ -116,7 +129,12 @@ pub fn build(
         ProgressBar::hidden()
     };
     let progress = |n: u64| bar.set_position(n);
-    let (bytes, record, ids) = seal(
+    let Sealed {
+        bytes,
+        record,
+        record_ids: ids,
+        server_memory_bytes,
+    } = seal(
         owner,
         job.scheme,
         &name,
@@ -125,10 +143,9 @@ pub fn build(
         job.leaf_size,
         &progress,
     )?;
+    drop(records);
     bar.finish_and_clear();
     let build_seconds = t.elapsed().as_secs_f64();
-    let server_memory_bytes =
-        blindkd_engine::index::summarize(&bytes, &job.out)?.server_memory_bytes;
     // Crash-safe order: (1) write and fsync the new file under a temporary name, the slow part;
     // (2) record the new index in the owner key, keeping the old record of the same name; (3) rename
     // the file into place; (4) drop the old record. A crash in (1) changes nothing; after (3) the file
@@ -146,20 +163,12 @@ pub fn build(
         .commit()
         .with_context(|| format!("renaming into {}", job.out.display()))?;
     let write_seconds = t.elapsed().as_secs_f64();
-    let mut classes: Vec<(String, usize)> = Vec::new();
-    for r in &records {
-        match classes.iter_mut().find(|(c, _)| c == &r.class) {
-            Some((_, n)) => *n += 1,
-            None => classes.push((r.class.clone(), 1)),
-        }
-    }
-    classes.sort();
     let report = IndexReport {
         index_id: id_hex(&record.index_id),
         path: job.out.display().to_string(),
         scheme: job.scheme.to_string(),
-        records: records.len(),
-        rows_skipped_missing: ds.report.rows_skipped_missing,
+        records: n_records,
+        rows_skipped_missing,
         columns: schema
             .column_names()
             .iter()
@@ -183,6 +192,19 @@ pub fn build(
     Ok((report, ids))
 }
 
+/// A sealed index: its file bytes, the owner's record of it, the opaque record ids (in input
+/// order) and the server memory it will take once loaded.
+pub struct Sealed {
+    /// The index file.
+    pub bytes: Vec<u8>,
+    /// The owner's record of the index.
+    pub record: IndexRecord,
+    /// Opaque record ids, in input order.
+    pub record_ids: Vec<u64>,
+    /// Projected server memory ([`blindkd_engine::index::projected_memory`]).
+    pub server_memory_bytes: u64,
+}
+
 /// Seals records into index file bytes for any scheme.
 pub fn seal(
     owner: &OwnerKey,
@@ -192,7 +214,7 @@ pub fn seal(
     records: &[OwnerRecord],
     leaf_size: Option<usize>,
     progress: &(dyn Fn(u64) + Sync),
-) -> anyhow::Result<(Vec<u8>, IndexRecord, Vec<u64>)> {
+) -> anyhow::Result<Sealed> {
     let mut index_id = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut index_id);
     macro_rules! go {
@@ -204,7 +226,17 @@ pub fn seal(
                 index_id: Some(index_id),
             };
             let out = build_index(&s, $params, owner, name, schema, records, &opts)?;
-            (out.to_file_bytes()?, out.record, out.record_ids)
+            let server_memory_bytes =
+                blindkd_engine::index::projected_memory(&out.header, &out.body, |b| {
+                    s.block_rows(b)
+                });
+            let bytes = out.to_file_bytes()?;
+            Sealed {
+                bytes,
+                record: out.record,
+                record_ids: out.record_ids,
+                server_memory_bytes,
+            }
         }};
     }
     Ok(match scheme {

@@ -119,7 +119,8 @@ impl Fixture {
             progress: false,
             owner_key: None,
         };
-        let (report, record_ids) = blindkd_indexer::build::build(&mut owner, &ds, &job).unwrap();
+        let (report, record_ids) =
+            blindkd_indexer::build::build(&mut owner, ds.clone(), &job).unwrap();
         let index = blindkd_engine::protocol::open_index(&out).unwrap();
         drop(dir);
         let schema = owner
