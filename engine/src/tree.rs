@@ -132,7 +132,8 @@ pub struct PlainTree {
     pub order: Vec<usize>,
 }
 
-/// Builds kd-PB trees: widest weighted dimension, median split, leaves of at most `leaf_size` points.
+/// Builds kd-PB trees: widest weighted dimension, split so that every leaf but the last is full,
+/// leaves of at most `leaf_size` points.
 #[derive(Clone, Debug)]
 pub struct TreeBuilder {
     leaf_size: usize,
@@ -195,7 +196,13 @@ impl TreeBuilder {
             };
         }
         let dim = self.widest_dim(points, idx);
-        let mid = idx.len() / 2;
+        // Full leaves (issue 12): the left side gets ⌈L/2⌉ leaves' worth of points, where
+        // L = ⌈n / leaf_size⌉ is the fewest leaves that hold n. A median split made 2^k leaves:
+        // at 10⁷ records and 8191-row blocks, 2 048 leaves 60 % full instead of 1 221 full ones,
+        // and every leaf costs a whole block to store and to evaluate. L ≥ 2 here, so
+        // 0 < mid < n.
+        let leaves = idx.len().div_ceil(self.leaf_size);
+        let mid = leaves.div_ceil(2) * self.leaf_size;
         idx.select_nth_unstable_by_key(mid, |&i| points[i][dim]);
         let (lo, hi) = idx.split_at_mut(mid);
         let big = lo.len() > 4096;
