@@ -75,12 +75,14 @@ const _: () = assert!(
 );
 
 /// Packs residues below 2^60 two to 15 bytes, little-endian (fhe-math's generic `serialize_vec`
-/// took a fifth of a small query's time). `vals.len()` must be even (it is N).
+/// took a fifth of a small query's time). The count must be even (it is N); an odd last residue
+/// would be dropped.
 #[doc(hidden)]
-pub fn pack_residues(vals: &[u64], out: &mut Vec<u8>) {
-    out.reserve(vals.len() / 2 * 15);
-    for pair in vals.chunks_exact(2) {
-        let v = (u128::from(pair[0]) & RESIDUE_MASK) | (u128::from(pair[1]) << RESIDUE_BITS);
+pub fn pack_residues(vals: impl IntoIterator<Item = u64>, out: &mut Vec<u8>) {
+    let mut it = vals.into_iter();
+    out.reserve(it.size_hint().0 / 2 * 15);
+    while let (Some(a), Some(b)) = (it.next(), it.next()) {
+        let v = (u128::from(a) & RESIDUE_MASK) | (u128::from(b) << RESIDUE_BITS);
         out.extend_from_slice(&v.to_le_bytes()[..15]);
     }
 }
@@ -289,26 +291,41 @@ impl Mlhe {
     /// keys): each prime's N residues at ⌈log₂ qᵢ⌉ bits.
     #[doc(hidden)]
     pub fn pack_ntt(&self, p: &Poly) -> Result<Vec<u8>> {
-        if p.representation() != &Representation::Ntt {
-            return Err(Error::Crypto(
-                "pack_ntt needs a polynomial in NTT form".into(),
-            ));
-        }
-        let ctx = self.top_ctx()?;
-        let coeffs = p.coefficients();
-        if coeffs.nrows() != ctx.moduli().len() {
-            return Err(Error::Crypto(
-                "pack_ntt needs a top-level polynomial".into(),
-            ));
-        }
         let mut out = Vec::with_capacity(self.top_poly_bytes());
-        for row in coeffs.outer_iter() {
-            match row.as_slice() {
-                Some(r) => pack_residues(r, &mut out),
-                None => pack_residues(&row.to_vec(), &mut out),
-            }
-        }
+        self.pack_shifted(p, &[0; MODULI_BITS.len()], &mut out)?;
         Ok(out)
+    }
+
+    /// Appends a top-level NTT-form polynomial's packed residues, with `shift[j]` (reduced mod
+    /// prime j) added to every residue of prime j: that adds the constant polynomial `shift`,
+    /// whose NTT is the same value in every slot.
+    fn pack_shifted(&self, p: &Poly, shift: &[u64], out: &mut Vec<u8>) -> Result<()> {
+        let moduli = self.par.moduli();
+        let coeffs = p.coefficients();
+        if p.representation() != &Representation::Ntt || coeffs.nrows() != moduli.len() {
+            return Err(Error::Crypto(
+                "packing needs a top-level polynomial in NTT form".into(),
+            ));
+        }
+        if shift.len() != moduli.len() || shift.iter().zip(moduli).any(|(s, q)| s >= q) {
+            return Err(Error::Crypto(
+                "a shift is not one reduced residue per prime".into(),
+            ));
+        }
+        for ((row, &s), &q) in coeffs.outer_iter().zip(shift).zip(moduli) {
+            pack_residues(
+                row.iter().map(|&x| {
+                    let y = x + s;
+                    if y >= q {
+                        y - q
+                    } else {
+                        y
+                    }
+                }),
+                out,
+            );
+        }
+        Ok(())
     }
 
     /// The inverse of [`Mlhe::pack_ntt`], for bytes from a client: exact length, every residue
@@ -366,12 +383,7 @@ impl Mlhe {
         let mut out = Vec::with_capacity(8 + 2 * self.q0_poly_bytes());
         out.extend_from_slice(REPLY_MAGIC);
         for p in [&c0, &c1] {
-            let coeffs = p.coefficients();
-            let row = coeffs.row(0);
-            match row.as_slice() {
-                Some(r) => pack_residues(r, &mut out),
-                None => pack_residues(&row.to_vec(), &mut out),
-            }
+            pack_residues(p.coefficients().row(0).iter().copied(), &mut out);
         }
         Ok(out)
     }
@@ -419,7 +431,7 @@ impl Mlhe {
         c0[row] = ((u128::from(c0[row]) + u128::from(shift)) % q) as u64;
         let mut out = reply.to_vec();
         let mut packed = Vec::with_capacity(pb);
-        pack_residues(&c0, &mut packed);
+        pack_residues(c0, &mut packed);
         out[4..4 + pb].copy_from_slice(&packed);
         Ok(out)
     }
@@ -447,20 +459,25 @@ impl Mlhe {
         let zero = Poly::zero(ctx, Representation::Ntt);
         let mut c0s = vec![planted];
         c0s.extend(std::iter::repeat_n(zero, d));
-        self.encode_query(&c0s)
+        self.encode_query(&c0s, &vec![vec![0; moduli.len()]; d + 1])
     }
 
-    /// The sealed-query bytes for these `c0`s (NTT form, top level): [`QUERY_MAGIC`], a u16
-    /// count, the packed polynomials.
+    /// The sealed-query bytes: [`QUERY_MAGIC`], a u16 count, then each `c0` (NTT form, top level)
+    /// packed with the constant `shifts[i]` (one residue per prime) added, which is how a client
+    /// adds its plaintext `⌊q·wᵢ/t⌋` to an encryption of zero in the same pass.
     #[doc(hidden)]
-    pub fn encode_query(&self, c0s: &[Poly]) -> Result<Vec<u8>> {
+    pub fn encode_query(&self, c0s: &[Poly], shifts: &[Vec<u64>]) -> Result<Vec<u8>> {
         let count = u16::try_from(c0s.len())
-            .map_err(|_| Error::InvalidInput("too many query coordinates".into()))?;
+            .ok()
+            .filter(|_| shifts.len() == c0s.len())
+            .ok_or_else(|| {
+                Error::InvalidInput("one shift per query coordinate, at most 2^16".into())
+            })?;
         let mut out = Vec::with_capacity(6 + c0s.len() * self.top_poly_bytes());
         out.extend_from_slice(QUERY_MAGIC);
         out.extend_from_slice(&count.to_le_bytes());
-        for p in c0s {
-            out.extend_from_slice(&self.pack_ntt(p)?);
+        for (p, shift) in c0s.iter().zip(shifts) {
+            self.pack_shifted(p, shift, &mut out)?;
         }
         Ok(out)
     }
@@ -780,7 +797,7 @@ mod tests {
         fn residues_round_trip(v in proptest::collection::vec(0u64..(1 << 60), 0..64)) {
             let v = &v[..v.len() / 2 * 2];
             let mut packed = Vec::new();
-            pack_residues(v, &mut packed);
+            pack_residues(v.iter().copied(), &mut packed);
             proptest::prop_assert_eq!(packed.len(), v.len() / 2 * 15);
             proptest::prop_assert_eq!(unpack_residues(&packed), v.to_vec());
         }

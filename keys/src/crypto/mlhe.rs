@@ -240,29 +240,10 @@ impl ClientScheme for Mlhe {
                 zeros.len()
             )));
         }
+        // c0ᵢ + ⌊q·wᵢ/t⌋, added while the c0s are packed.
         let scale = Scale::new(self)?;
-        // c0ᵢ + ⌊q·wᵢ/t⌋: a constant polynomial is the same value in every NTT slot, so the
-        // addition is one pass over the residues, fused with packing them.
-        let count = u16::try_from(zeros.len())
-            .map_err(|_| Error::InvalidInput("too many query coordinates".into()))?;
-        let mut out = Vec::with_capacity(6 + zeros.len() * self.top_poly_bytes());
-        out.extend_from_slice(QUERY_MAGIC);
-        out.extend_from_slice(&count.to_le_bytes());
-        let mut shifted = vec![0u64; DEGREE];
-        for (c0, &wi) in zeros.iter().zip(w) {
-            let coeffs = c0.coefficients();
-            for (row, (&add, &(qi, _))) in coeffs
-                .outer_iter()
-                .zip(scale.of(wi).iter().zip(&scale.primes))
-            {
-                for (o, &x) in shifted.iter_mut().zip(row.iter()) {
-                    let y = x + add;
-                    *o = if y >= qi { y - qi } else { y };
-                }
-                pack_residues(&shifted, &mut out);
-            }
-        }
-        Ok(out)
+        let shifts: Vec<Vec<u64>> = w.iter().map(|&wi| scale.of(wi)).collect();
+        self.encode_query(&zeros, &shifts)
     }
 
     fn open(
