@@ -573,10 +573,7 @@ impl<'a> HttpLane<'a> {
         let mut session = rt
             .block_on(client.open_session(&text, &device))
             .context("opening a session on the loopback server")?;
-        let seed: [u8; 32] = hex::decode(&session.pk_seed)?
-            .try_into()
-            .map_err(|_| anyhow!("bad session seed"))?;
-        session.query_keys = premade_keys(built, seed)?;
+        session.query_keys = premade_keys(built, session.pk_seed_bytes()?)?;
         Ok(HttpLane {
             rt,
             client,

@@ -91,13 +91,14 @@ impl Session {
         if !matches!(entry.scheme, blindkd_engine::index::SchemeParams::Mlhe(_)) {
             return Ok(());
         }
-        let pool = QueryKeyPool::new(self.seed()?, entry.schema.dim() + 1, count)?;
+        let pool = QueryKeyPool::new(self.pk_seed_bytes()?, entry.schema.dim() + 1, count)?;
         pool.refill_in_background();
         self.query_keys = Some(pool);
         Ok(())
     }
 
-    fn seed(&self) -> Result<[u8; 32]> {
+    /// The server's seed for the session public key's `a`, decoded from [`Session::pk_seed`].
+    pub fn pk_seed_bytes(&self) -> Result<[u8; 32]> {
         hex::decode(&self.pk_seed)
             .ok()
             .and_then(|v| v.try_into().ok())
@@ -326,7 +327,7 @@ impl Client {
             max_blocks: session.max_blocks,
             ..BatchPolicy::default()
         };
-        let seed = session.seed()?;
+        let seed = session.pk_seed_bytes()?;
         let mut client =
             new_query_client_with(entry, kind, &q, classes, batch, session.query_keys.as_ref())?;
         let (c, start) = blocking(client, move |c| c.start_request(&seed)).await?;

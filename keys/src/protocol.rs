@@ -637,20 +637,16 @@ impl<S: ClientScheme> Driver<S> {
 
     /// Checks and opens the answers to the leaves in flight (see [`Driver::read_blocks`]).
     fn apply_blocks(&mut self, blocks: Vec<EvaluatedBlock>) -> Result<()> {
-        let r = BlockReply {
-            blocks,
-            server_micros: 0,
-        };
         let asked = std::mem::take(&mut self.in_flight);
-        if r.blocks.len() != asked.len() {
+        if blocks.len() != asked.len() {
             return Err(lie(format!(
                 "{} blocks in a reply to {} asked",
-                r.blocks.len(),
+                blocks.len(),
                 asked.len()
             )));
         }
-        let mut work = Vec::with_capacity(r.blocks.len());
-        for (eb, want) in r.blocks.into_iter().zip(&asked) {
+        let mut work = Vec::with_capacity(blocks.len());
+        for (eb, want) in blocks.into_iter().zip(&asked) {
             if eb.block != *want {
                 return Err(lie("a block not asked for, or out of order"));
             }

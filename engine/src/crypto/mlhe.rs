@@ -1,7 +1,7 @@
 //! `mlhe`: linear homomorphic evaluation over a masked index (DESIGN §3.1). The default scheme.
 //!
 //! * The data owner stores `y_j = a_j + m_j mod t`, a one-time pad of the augmented row `a_j` with a
-//!   ChaCha20 mask keyed per policy class (`MlheKey`, in `blindkd-keys`).
+//!   mask from a keyed BLAKE3 XOF, keyed per policy class and index (`MlheKey`, in `blindkd-keys`).
 //! * The client encrypts the query functional `w = (−2q̃, 1)` with BFV under a fresh **per-query**
 //!   secret key, one constant-polynomial ciphertext per coordinate (**layout B**). Every ciphertext's
 //!   `c1 = aᵢ` is a public constant ([`Mlhe::query_a`], expanded from a fixed domain string), so the

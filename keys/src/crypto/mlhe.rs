@@ -106,12 +106,13 @@ impl MlheKey {
 /// One query's secrets (issue 12): a fresh BFV secret key, the session public key `b` built on
 /// the server's `a`, and the `c0`s of one encryption of zero per coordinate on the public
 /// [`Mlhe::query_a`], all made before the query is known. Sealing adds `⌊q·wᵢ/t⌋` to each `c0`
-/// and uses them up. Zeroized on drop (the key by fhe), never printed.
+/// and uses them up. The secret and the encryptions of zero (with the sealed query they would give
+/// away `w`) are zeroized on drop; never printed.
 pub struct MlheSession {
     /// The secret at the last level (q₀), NTT form: replies are decrypted there.
     s_last: Zeroizing<Poly>,
     public: Vec<u8>,
-    zeros: Option<Vec<Poly>>,
+    zeros: Option<Zeroizing<Vec<Poly>>>,
 }
 
 /// Variance of the centred binomial secret and error, as in fhe.rs's own keys.
@@ -217,7 +218,7 @@ impl ClientScheme for Mlhe {
         Ok(MlheSession {
             s_last,
             public,
-            zeros: Some(zeros),
+            zeros: Some(Zeroizing::new(zeros)),
         })
     }
 
