@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-use common::{blindkd, ok};
+use common::{blindkd, ok, serve_args};
 
 #[test]
 fn a_tiny_file_that_needs_huge_memory_is_refused_at_load() {
@@ -28,23 +28,9 @@ fn a_tiny_file_that_needs_huge_memory_is_refused_at_load() {
     let shown = ok(dir, &["inspect", "tiny.bkd"]);
     assert!(shown.contains("server memory"), "{shown}");
 
-    let o = blindkd(
-        dir,
-        &[
-            "serve",
-            "--index",
-            "tiny.bkd",
-            "--issuer",
-            "hospital.key.pub",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-            "--ephemeral-state",
-            "--max-index-memory",
-            "64MiB",
-        ],
-    );
+    let mut args = serve_args("tiny.bkd");
+    args.extend(["--ephemeral-state", "--max-index-memory", "64MiB"]);
+    let o = blindkd(dir, &args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "the server loaded it: {err}");
     assert!(

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use blindkd_engine::encoding::{Column, Schema};
+use blindkd_engine::encoding::Schema;
 use blindkd_engine::index::SchemeParams;
 use blindkd_keys::crypto::plain::Plain;
 use blindkd_keys::owner::{build_index, BuildOptions, OwnerKey, OwnerRecord};
@@ -41,18 +41,9 @@ fn batch_policy_table() {
                 }
             })
             .collect();
-        let schema = Schema {
-            columns: (0..d)
-                .map(|i| Column {
-                    name: format!("c{i}"),
-                    scale: 1.0,
-                    offset: 0.0,
-                    weight: 1,
-                })
-                .collect(),
-            bits: 16,
-            distance_scale: 1.0,
-        };
+        let names: Vec<String> = (0..d).map(|i| format!("c{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let schema = Schema::uniform(&names, 1.0, 16).unwrap();
         for &leaf in &[8192usize, 2048] {
             let mut owner = OwnerKey::generate("t").unwrap();
             let out = build_index(

@@ -2,7 +2,7 @@
 //! no other index built with the same owner key: not a second index, not a rebuild of the first.
 #![allow(clippy::unwrap_used)]
 
-use blindkd_engine::encoding::{Column, Schema};
+use blindkd_engine::encoding::Schema;
 use blindkd_engine::index::SchemeParams;
 use blindkd_keys::crypto::plain::Plain;
 use blindkd_keys::owner::{build_index, BuildOptions, OwnerKey, OwnerRecord};
@@ -10,19 +10,9 @@ use blindkd_keys::protocol::{
     new_query_client, open_index_bytes, run_in_process, Access, BatchPolicy, Limits, QueryKind,
 };
 
+/// Two unit-weight columns `c0`, `c1`.
 fn schema() -> Schema {
-    Schema {
-        columns: (0..2)
-            .map(|i| Column {
-                name: format!("c{i}"),
-                scale: 1.0,
-                offset: 0.0,
-                weight: 1,
-            })
-            .collect(),
-        bits: 16,
-        distance_scale: 1.0,
-    }
+    Schema::uniform(&["c0", "c1"], 1.0, 16).unwrap()
 }
 
 fn records() -> Vec<OwnerRecord> {

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use blindkd_engine::encoding::{Column, Schema};
+use blindkd_engine::encoding::Schema;
 use blindkd_engine::index::{
     encode_file, split_file, summarize, IndexBody, IndexHeader, SchemeParams, FORMAT_VERSION,
 };
@@ -27,19 +27,11 @@ use serde::Serialize;
 
 const P: &str = "test.bkd";
 
+/// `d` unit-weight columns `c0`, `c1`, ….
 fn schema(d: usize) -> Schema {
-    Schema {
-        columns: (0..d)
-            .map(|i| Column {
-                name: format!("c{i}"),
-                scale: 1.0,
-                offset: 0.0,
-                weight: 1,
-            })
-            .collect(),
-        bits: 16,
-        distance_scale: 1.0,
-    }
+    let names: Vec<String> = (0..d).map(|i| format!("c{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    Schema::uniform(&names, 1.0, 16).unwrap()
 }
 
 /// `n` deterministic records of dimension `d` in classes `a` and `b`.

@@ -97,22 +97,28 @@ pub(crate) fn issue_bundle(dir: &Path, key: &str, out: &str) {
     );
 }
 
-/// Starts `blindkd serve` in `dir` on a free loopback port (index `cardio.bkd`, issuer
-/// `hospital.key.pub`, no admin listener) with `extra` flags; its log goes to the piped stderr.
+/// `blindkd serve` of `index` on a free loopback port, issuer `hospital.key.pub`, no admin
+/// listener.
+pub(crate) fn serve_args(index: &str) -> Vec<&str> {
+    vec![
+        "serve",
+        "--index",
+        index,
+        "--issuer",
+        "hospital.key.pub",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "off",
+    ]
+}
+
+/// Starts [`serve_args`] of `cardio.bkd` in `dir` with `extra` flags; its log goes to the piped
+/// stderr.
 pub(crate) fn spawn_serve(dir: &Path, extra: &[&str]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_blindkd"))
         .current_dir(dir)
-        .args([
-            "serve",
-            "--index",
-            "cardio.bkd",
-            "--issuer",
-            "hospital.key.pub",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-        ])
+        .args(serve_args("cardio.bkd"))
         .args(extra)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
